@@ -1,0 +1,77 @@
+"""One dataclass per command; the CLI maps each field onto an ``argparse`` option.
+
+Every field carries a one-line comment with its unit; the comment becomes the
+``--help`` text. Each run directory keeps its resolved config as JSON.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class CollectConfig:
+    env: str = "push-box"  # environment name in the sim_envs registry
+    out: str = "data/push-box"  # dataset directory (created; resumed if it exists)
+    episodes: int = 200  # number of episodes the dataset should hold
+    steps: int = 40  # control steps per episode
+    workers: int = 2  # parallel worker processes
+    seed: int = 0  # base seed; episode i uses seed + i
+    images: bool = False  # also store 64x64 RGB frames (uint8, compressed)
+
+
+@dataclass
+class TrainConfig:
+    model: str = "keypoint"  # model name in the dynamics_models registry
+    data: str = "data/push-box"  # dataset directory written by `mbrl collect`
+    out: str = "runs/keypoint"  # run directory: checkpoint.pt, config.json, log.csv, tensorboard/
+    epochs: int = 30  # passes over the training windows
+    batch_size: int = 256  # windows per optimiser step
+    lr: float = 1e-3  # Adam learning rate
+    rollout_steps: int = 5  # steps of the multi-step training loss
+    val_fraction: float = 0.1  # fraction of episodes held out (the last ones by index)
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0  # seed of initialisation, shuffling and augmentation
+    resume: bool = False  # continue from RUN/checkpoint.pt
+
+
+@dataclass
+class EvalConfig:
+    run: str = "runs/keypoint"  # run directory, or pretrained:NAME for a shipped model
+    data: str = "data/push-box"  # dataset directory; its held-out episodes are evaluated
+    out: str = ""  # eval.json path (default: RUN/eval.json, or ./eval.json for pretrained)
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class PlanConfig:
+    env: str = "push-box"  # environment name
+    model: str = "pretrained:keypoint"  # run directory, pretrained:NAME, or oracle
+    planner: str = "mppi"  # rs | cem | icem | mppi | gd | mppi-gd
+    episodes: int = 5  # MPC episodes, goals drawn from seed + i
+    seed: int = 1000  # base seed of the episodes' initial states and goals
+    out: str = "runs/plan"  # output directory: metrics.json, videos, plots
+    horizon: int = 10  # planning horizon, control steps
+    samples: int = 300  # samples per planner iteration
+    iterations: int = 0  # planner iterations per MPC step (0: the planner's default)
+    max_steps: int = 60  # MPC step budget per episode
+    video: bool = False  # write an mp4 and a cost plot per episode
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class DemoConfig:
+    out: str = "demo_out"  # directory for the demo's dataset, run and plans
+    episodes: int = 150  # episodes collected for the demo model
+    epochs: int = 15  # training epochs of the demo model
+    plan_episodes: int = 3  # MPC episodes with video
+    workers: int = 2  # collection worker processes
+
+
+@dataclass
+class BenchConfig:
+    what: str = "planners"  # planners | collect
+    device: str = "auto"  # auto | cpu | cuda
+    samples: int = 1000  # samples per planner iteration
+    horizon: int = 10  # planning horizon, control steps
+    repeats: int = 5  # timed repetitions per measurement (median reported)
+    out: str = ""  # optional JSON file for the figures
