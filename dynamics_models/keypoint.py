@@ -1,0 +1,270 @@
+"""Keypoint dynamics: a residual MLP on object keypoints and the pusher.
+
+After Manuelli, Li, Florence, Tedrake, "Keypoints into the Future:
+Self-Supervised Correspondence in Model-Based Reinforcement Learning"
+(CoRL 2020): the state is a handful of 2-D object keypoints plus the pusher;
+an MLP predicts their change over one control step; it is trained with a
+multi-step open-loop loss on normalised quantities.
+
+State layout, ``D = 2 K + 2``::
+
+    state[..., 0:2K]     keypoints xy, flattened (keypoint 0 is the reference,
+                         for push-box the box centre, then the 4 corners), m
+    state[..., 2K:2K+2]  pusher xy, m
+
+One step, ``s' = s + f(x)``:
+
+* features ``x`` are relative to keypoint 0 (translation invariance):
+  ``keypoints[1:] - keypoints[0]`` [(K-1)*2], ``pusher - keypoints[0]`` [2],
+  ``action`` [du]; normalised with the ``in_mean``/``in_std`` buffers;
+* the MLP's output is the normalised change of the whole state; it is
+  de-normalised with ``out_mean``/``out_std`` and added to the state (residual).
+
+Training augments every window with a random rigid planar transform (rotation
+about z, translation) applied jointly to keypoints, pusher and actions: planar
+pushing on a uniform table is equivariant to both, and the model is only
+translation invariant by construction.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from dynamics_models.base import DynamicsModel
+
+_ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+# Floors of the normalisation scales, metres: a quantity that never varies in
+# the data (a box that never moved) must not turn into a division by ~0.
+_MIN_STD = 1e-3
+
+
+def _as_float_tensor(x: Any, device: torch.device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device, dtype=torch.float32)
+    return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device)
+
+
+class KeypointDynamics(DynamicsModel):
+    """Residual MLP over keypoints + pusher; ``state [.., D = 2K + 2]``.
+
+    Args:
+        num_keypoints: K, object keypoints per state (keypoint 0 is the frame reference).
+        action_dim: du, 2 for a planar pusher displacement (m per control step).
+        hidden: width of the hidden layers.
+        layers: number of hidden layers.
+        activation: ``silu`` | ``relu`` | ``tanh`` | ``gelu``.
+        augment_rotation: rotate training windows by a uniform random angle about z.
+        augment_translation: half-width of the uniform random translation, m.
+    """
+
+    name = "keypoint"
+    env_names = ("push-box",)
+    dataset_keys = ("keypoints", "pusher", "actions")
+
+    def __init__(
+        self,
+        num_keypoints: int = 5,
+        action_dim: int = 2,
+        hidden: int = 256,
+        layers: int = 3,
+        activation: str = "silu",
+        augment_rotation: bool = True,
+        augment_translation: float = 0.05,
+    ):
+        super().__init__()
+        if num_keypoints < 1:
+            raise ValueError(f"num_keypoints must be >= 1, got {num_keypoints}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        if augment_rotation and action_dim != 2:
+            raise ValueError("rotation augmentation needs planar actions (action_dim=2)")
+        self.num_keypoints = int(num_keypoints)
+        self.action_dim = int(action_dim)
+        self.hidden = int(hidden)
+        self.layers = int(layers)
+        self.activation = activation
+        self.augment_rotation = bool(augment_rotation)
+        self.augment_translation = float(augment_translation)
+        self.state_dim = 2 * self.num_keypoints + 2
+        self.feature_dim = 2 * (self.num_keypoints - 1) + 2 + self.action_dim
+
+        act = _ACTIVATIONS[activation]
+        mods: list[nn.Module] = []
+        width = self.feature_dim
+        for _ in range(self.layers):
+            mods += [nn.Linear(width, self.hidden), act()]
+            width = self.hidden
+        mods.append(nn.Linear(width, self.state_dim))
+        self.net = nn.Sequential(*mods)
+
+        self.register_buffer("in_mean", torch.zeros(self.feature_dim))
+        self.register_buffer("in_std", torch.ones(self.feature_dim))
+        self.register_buffer("out_mean", torch.zeros(self.state_dim))
+        self.register_buffer("out_std", torch.ones(self.state_dim))
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "num_keypoints": self.num_keypoints,
+            "action_dim": self.action_dim,
+            "hidden": self.hidden,
+            "layers": self.layers,
+            "activation": self.activation,
+            "augment_rotation": self.augment_rotation,
+            "augment_translation": self.augment_translation,
+        }
+
+    @classmethod
+    def infer_config(cls, meta: Mapping[str, Any], episode: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        return {
+            "num_keypoints": int(np.shape(episode["keypoints"])[-2]),
+            "action_dim": int(np.shape(episode["actions"])[-1]),
+        }
+
+    # -- state accessors (used by task costs) ------------------------------------
+    def state_keypoints(self, states: torch.Tensor) -> torch.Tensor:
+        """states [..., D] -> keypoints [..., K, 2] (m, world frame)."""
+        k2 = 2 * self.num_keypoints
+        return states[..., :k2].unflatten(-1, (self.num_keypoints, 2))
+
+    def state_pusher(self, states: torch.Tensor) -> torch.Tensor:
+        """states [..., D] -> pusher [..., 2] (m, world frame)."""
+        k2 = 2 * self.num_keypoints
+        return states[..., k2:k2 + 2]
+
+    # -- contract -------------------------------------------------------------------
+    def encode(self, obs: Mapping[str, Any]) -> torch.Tensor:
+        """obs["keypoints"] [K, 2|3] or [B, K, 2|3], obs["pusher"] [2] or [B, 2] -> state [B, D].
+
+        Only the xy components are kept (the env observes keypoints with z)."""
+        device = self.device
+        kp = _as_float_tensor(obs["keypoints"], device)[..., :2]
+        pusher = _as_float_tensor(obs["pusher"], device)[..., :2]
+        if kp.ndim == 2:
+            kp = kp[None]
+        if pusher.ndim == 1:
+            pusher = pusher[None]
+        if kp.ndim != 3 or kp.shape[1] != self.num_keypoints:
+            raise ValueError(
+                f"keypoint model expects keypoints [B, {self.num_keypoints}, 2], got {tuple(kp.shape)}"
+            )
+        if pusher.shape != (kp.shape[0], 2):
+            raise ValueError(f"pusher must be [{kp.shape[0]}, 2], got {tuple(pusher.shape)}")
+        return torch.cat([kp.flatten(1), pusher], dim=-1)
+
+    def features(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """state [..., D], action [..., du] -> un-normalised MLP input [..., F]."""
+        kp = self.state_keypoints(state)
+        ref = kp[..., 0, :]
+        rel = (kp[..., 1:, :] - ref.unsqueeze(-2)).flatten(-2)
+        rel_pusher = self.state_pusher(state) - ref
+        return torch.cat([rel, rel_pusher, action], dim=-1)
+
+    def step(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """One control step: state [N, D], action [N, du] -> next state [N, D]."""
+        x = (self.features(state, action) - self.in_mean) / self.in_std
+        return state + self.net(x) * self.out_std + self.out_mean
+
+    def rollout(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """state [N, D] (or [1, D] / [D], broadcast), actions [N, H, du] -> states [N, H, D].
+
+        Open loop; entry ``h`` is the state after ``actions[:, h]``.  Differentiable."""
+        if actions.ndim != 3 or actions.shape[-1] != self.action_dim:
+            raise ValueError(f"actions must be [N, H, {self.action_dim}], got {tuple(actions.shape)}")
+        if state.ndim == 1:
+            state = state.unsqueeze(0)
+        n, horizon = actions.shape[0], actions.shape[1]
+        if state.shape[0] == 1 and n != 1:
+            state = state.expand(n, -1)
+        if state.shape != (n, self.state_dim):
+            raise ValueError(f"state must be [{n}, {self.state_dim}], got {tuple(state.shape)}")
+        out = []
+        s = state
+        for h in range(horizon):
+            s = self.step(s, actions[:, h])
+            out.append(s)
+        if not out:
+            return state.new_zeros((n, 0, self.state_dim))
+        return torch.stack(out, dim=1)
+
+    def position_error(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """pred, target [..., D] -> mean Euclidean keypoint error [...] (m); the pusher is excluded."""
+        return (self.state_keypoints(pred) - self.state_keypoints(target)).norm(dim=-1).mean(dim=-1)
+
+    # -- training ---------------------------------------------------------------------
+    def augment(
+        self, states: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random rigid planar transform per window.
+
+        states [B, L, D], actions [B, S, du] -> the same shapes, where every
+        window ``b`` is rotated by one angle about z and shifted by one
+        translation (points), and its actions rotated by the same angle.
+        Random numbers come from ``generator`` (CPU) or torch's global CPU RNG."""
+        b = states.shape[0]
+        dev = states.device
+        if self.augment_rotation:
+            theta = torch.rand(b, generator=generator) * (2 * math.pi)
+        else:
+            theta = torch.zeros(b)
+        shift = (torch.rand(b, 2, generator=generator) * 2 - 1) * self.augment_translation
+        c, s = torch.cos(theta), torch.sin(theta)
+        rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2).to(dev)  # [B, 2, 2]
+        shift = shift.to(dev)
+        pts = states.unflatten(-1, (self.num_keypoints + 1, 2))  # keypoints and pusher: [B, L, K+1, 2]
+        pts = torch.einsum("bij,blpj->blpi", rot, pts) + shift[:, None, None, :]
+        if self.action_dim == 2:
+            actions = torch.einsum("bij,bsj->bsi", rot, actions)
+        return pts.flatten(-2), actions
+
+    @torch.no_grad()
+    def fit_normalisation(self, batch: Mapping[str, torch.Tensor], augment_copies: int = 4) -> None:
+        """Fit the input and output statistics on training windows.
+
+        batch["states"] [W, S+1, D], batch["actions"] [W, S, du].  With
+        augmentation on, the statistics are taken over the data plus
+        ``augment_copies`` randomly transformed copies (fixed seed), i.e. over
+        what the network sees in training."""
+        states, actions = batch["states"].float(), batch["actions"].float()
+        if states.shape[-1] != self.state_dim or actions.shape[-1] != self.action_dim:
+            raise ValueError("windows do not match the model's state/action sizes")
+        all_s, all_a = [states], [actions]
+        if self.augment_rotation or self.augment_translation > 0:
+            gen = torch.Generator().manual_seed(0)
+            for _ in range(augment_copies):
+                s_aug, a_aug = self.augment(states, actions, generator=gen)
+                all_s.append(s_aug)
+                all_a.append(a_aug)
+        s = torch.cat(all_s)
+        a = torch.cat(all_a)
+        s0 = s[:, :-1].reshape(-1, self.state_dim)
+        s1 = s[:, 1:].reshape(-1, self.state_dim)
+        a0 = a.reshape(-1, self.action_dim)
+        x = self.features(s0, a0)
+        delta = s1 - s0
+        self.in_mean.copy_(x.mean(0))
+        self.in_std.copy_(x.std(0).clamp_min(_MIN_STD))
+        self.out_mean.copy_(delta.mean(0))
+        self.out_std.copy_(delta.std(0).clamp_min(_MIN_STD))
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Multi-step open-loop loss.
+
+        batch["states"] [B, S+1, D], batch["actions"] [B, S, du]: the model is
+        rolled out from ``states[:, 0]`` over all S actions; the loss is the
+        mean over steps, windows and state dims of the squared error divided by
+        ``out_std`` (one-step change scale).  Augmented while ``self.training``."""
+        states, actions = batch["states"], batch["actions"]
+        if self.training and (self.augment_rotation or self.augment_translation > 0):
+            states, actions = self.augment(states, actions)
+        pred = self.rollout(states[:, 0], actions)
+        target = states[:, 1:]
+        loss = ((pred - target) / self.out_std).pow(2).mean()
+        with torch.no_grad():
+            err = self.position_error(pred, target).mean(0)  # [S]
+        info = {"loss": float(loss.detach()), "err_1step_m": float(err[0])}
+        info[f"err_{err.shape[0]}step_m"] = float(err[-1])
+        return loss, info

@@ -1,0 +1,71 @@
+"""Scripted exploration for push-box data: noisy pushes that touch the box.
+
+Purely random displacements rarely reach the box. This policy repeats
+segments of: pick a push direction through (near) the box centre, move behind
+the box on that line, then push along it for a few steps. Gaussian action noise
+and occasional random steps keep the data diverse.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from sim_envs.push_box import BOX_HALF, PUSHER_RADIUS
+
+
+class PushExploration:
+    def __init__(self, rng: np.random.Generator, max_push: float, noise: float = 0.3, random_prob: float = 0.1):
+        self.rng, self.max_push = rng, max_push
+        self.noise = noise  # fraction of max_push, std of Gaussian action noise
+        self.random_prob = random_prob  # probability of a uniformly random step
+        self.home_radius = 0.12  # m, beyond it segments push the box back towards the table centre
+        self.direct_prob = 0.75  # probability that a segment pushes from where the pusher is
+        self.push_steps = 0  # the first call starts a segment
+
+    def _new_segment(self, centre: np.ndarray, pusher: np.ndarray) -> None:
+        """Direct push along the pusher-to-box line (most segments), or go round to another side first."""
+        self.lateral = self.rng.uniform(-0.8, 0.8) * BOX_HALF  # m, offset from the centre line: makes the box turn
+        self.push_steps = int(self.rng.integers(2, 7))
+        self.approaching = True
+        if np.linalg.norm(centre) > self.home_radius:
+            # Far from the middle of the table: push back towards it, roughly.
+            angle = np.arctan2(-centre[1], -centre[0]) + self.rng.uniform(-0.6, 0.6)
+        elif self.rng.random() < self.direct_prob:
+            angle = np.arctan2(*(centre - pusher)[::-1]) + self.rng.uniform(-0.6, 0.6)
+            self.approaching = False
+            self.push_steps += 2  # the first steps close the gap to the box
+        else:
+            angle = self.rng.uniform(-np.pi, np.pi)
+        self.direction = np.array([np.cos(angle), np.sin(angle)])
+
+    def _approach_step(self, centre: np.ndarray, pusher: np.ndarray) -> np.ndarray:
+        """Displacement towards the pre-push point behind the box, going around it."""
+        normal = np.array([-self.direction[1], self.direction[0]])
+        clear = BOX_HALF * 1.5 + PUSHER_RADIUS + 0.01  # m, pusher centre clears the box (any yaw)
+        behind = centre - self.direction * clear + normal * self.lateral
+        rel = pusher - centre
+        along, side = rel @ self.direction, rel @ normal
+        if along > -clear + 0.01 and abs(side) < clear:
+            # On the wrong side of the box: first step out sideways.
+            side_sign = 1.0 if side >= 0 else -1.0
+            return centre + normal * side_sign * clear + self.direction * min(along, 0.0) - pusher
+        step = behind - pusher
+        if np.linalg.norm(step) < 0.02:
+            self.approaching = False
+        return step
+
+    def __call__(self, obs: dict) -> np.ndarray:
+        """obs from push-box -> action [2] within bounds."""
+        m = self.max_push
+        if self.rng.random() < self.random_prob:
+            return self.rng.uniform(-m, m, 2)
+        centre, pusher = obs["keypoints"][0, :2], obs["pusher"]
+        if self.push_steps <= 0:
+            self._new_segment(centre, pusher)
+        if self.approaching:
+            step = self._approach_step(centre, pusher)
+        if not self.approaching:
+            step = self.direction * m * self.rng.uniform(0.5, 1.0)
+            self.push_steps -= 1
+        noise = self.noise * (0.3 if self.approaching else 1.0)
+        step = step + self.rng.normal(0, noise * m, 2)
+        return np.clip(step, -m, m)
