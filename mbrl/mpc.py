@@ -1,0 +1,162 @@
+"""``mbrl plan``: receding-horizon MPC with a learned model or the MuJoCo oracle.
+
+Each step: observe, build ``cost_fn(U) = task_cost(predict(U), goal)``, let the
+planner optimise U [N, H, du], execute the first action in MuJoCo, re-plan.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import planners
+import sim_envs
+from mbrl.checkpoints import check_model_for_env, load_model
+from mbrl.configs import PlanConfig
+from mbrl.costs import push_box_cost
+from mbrl.device import resolve_device
+from mbrl.errors import UserError
+from mbrl.oracle import PushBoxOracle
+from mbrl.store import write_json_atomic
+from mbrl.video import overlay_plan, plot_costs, write_video
+from sim_envs.push_box import keypoints_from_pose
+
+
+class LearnedPredictor:
+    """A trained dynamics model seen from the MPC loop: observe, then batched rollouts."""
+
+    differentiable = True
+
+    def __init__(self, model, device: torch.device):
+        self.model, self.device = model.to(device).eval(), device
+        self.state = None
+
+    def observe(self, obs: dict) -> None:
+        self.state = self.model.encode({"keypoints": obs["keypoints"][:, :2], "pusher": obs["pusher"]}).to(self.device)
+
+    def rollout(self, actions: torch.Tensor) -> torch.Tensor:
+        """actions [N, H, 2] -> predicted states [N, H, 12]."""
+        return self.model.rollout(self.state.expand(actions.shape[0], -1), actions)
+
+
+class OraclePredictor(PushBoxOracle):
+    def observe(self, obs: dict) -> None:
+        super().observe()
+
+
+def check_config(cfg: PlanConfig) -> None:
+    if cfg.episodes < 1:
+        raise UserError(f"--episodes must be at least 1, got {cfg.episodes}")
+    if cfg.horizon < 1:
+        raise UserError(f"--horizon must be at least 1, got {cfg.horizon}")
+    if cfg.samples < 1:
+        raise UserError(f"--samples must be at least 1, got {cfg.samples}")
+    if cfg.max_steps < 1:
+        raise UserError(f"--max-steps must be at least 1, got {cfg.max_steps}")
+    if cfg.iterations < 0:
+        raise UserError(f"--iterations must be 0 (planner default) or more, got {cfg.iterations}")
+    if cfg.env not in sim_envs.available():
+        raise UserError(f"unknown environment {cfg.env!r}; available: {', '.join(sim_envs.available())}")
+    if cfg.planner not in planners.available():
+        raise UserError(f"unknown planner {cfg.planner!r}; available: {', '.join(planners.available())}")
+
+
+def make_predictor(cfg: PlanConfig, env, device: torch.device):
+    if cfg.model == "oracle":
+        if cfg.planner in planners.GRADIENT_PLANNERS:
+            raise UserError(f"planner {cfg.planner!r} needs gradients; the MuJoCo oracle is not differentiable "
+                            f"(use rs, cem, icem or mppi with --model oracle)")
+        return OraclePredictor(env)
+    model, _ = load_model(cfg.model, device)
+    check_model_for_env(model, cfg.env)
+    return LearnedPredictor(model, device)
+
+
+def make_planner(cfg: PlanConfig, env, device: torch.device, seed: int):
+    overrides = {"iterations": cfg.iterations} if cfg.iterations else {}
+    m = env.config.max_push
+    try:
+        return planners.make(cfg.planner, horizon=cfg.horizon, num_samples=cfg.samples, action_low=[-m, -m],
+                             action_high=[m, m], device=device, seed=seed, **overrides)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def run_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video_dir: Path | None) -> dict:
+    """One MPC episode from ``env.reset(seed=seed)``; returns its metrics row."""
+    obs, _ = env.reset(seed=seed)
+    planner.reset()
+    device = planner.device
+    goal_kp = torch.as_tensor(keypoints_from_pose(env.goal[:2], np.asarray(env.goal[2])), dtype=torch.float32, device=device)
+    plan_ms, planned_costs, frames = [], [], []
+    steps = 0
+    for steps in range(1, cfg.max_steps + 1):
+        predictor.observe(obs)
+
+        def cost_fn(U: torch.Tensor) -> torch.Tensor:
+            return push_box_cost(predictor.rollout(U), U, goal_kp)
+
+        t0 = time.perf_counter()
+        result = planner.plan(cost_fn)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        plan_ms.append(1000 * (time.perf_counter() - t0))
+        planned_costs.append(float(result.cost))
+        action = result.actions[0].detach().cpu().numpy()
+        if video_dir is not None:
+            with torch.no_grad():
+                planned = predictor.rollout(result.actions[None])[0, :, :10].reshape(-1, 5, 2).cpu().numpy()
+            frames.append(overlay_plan(env.render(), env.camera, goal_kp.cpu().numpy(), planned,
+                                       f"step {steps - 1}  cost {result.cost:.3f}"))
+        obs, _, terminated, _, info = env.step(action)
+        if terminated:
+            break
+    pos_err, yaw_err = env.goal_errors()
+    row = {
+        "seed": seed,
+        "final_position_error": pos_err,
+        "final_yaw_error": yaw_err,
+        "success": bool(env.is_success()),
+        "steps": steps,
+        "median_plan_ms": statistics.median(plan_ms),
+    }
+    if video_dir is not None:
+        frames.append(overlay_plan(env.render(), env.camera, goal_kp.cpu().numpy(), None,
+                                   f"final: {pos_err * 100:.1f} cm, {yaw_err:.2f} rad"))
+        write_video(video_dir / f"episode_{seed}.mp4", frames)
+        plot_costs(video_dir / f"episode_{seed}_cost.png", planned_costs, f"seed {seed}: planned cost per MPC step")
+    return row
+
+
+def run_plan(cfg: PlanConfig) -> dict:
+    check_config(cfg)
+    device = resolve_device(cfg.device)
+    env = sim_envs.make(cfg.env, max_episode_steps=cfg.max_steps)
+    predictor = make_predictor(cfg, env, device)
+    planner = make_planner(cfg, env, device, cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "config.json", asdict(cfg))
+    rows = []
+    bar = tqdm(range(cfg.episodes), desc=f"plan {cfg.model} {cfg.planner}", unit="ep", disable=not sys.stderr.isatty())
+    for i in bar:
+        rows.append(run_episode(cfg, env, predictor, planner, cfg.seed + i, out if cfg.video else None))
+        bar.set_postfix(success=f"{np.mean([r['success'] for r in rows]):.2f}")
+    metrics = {
+        "episodes": rows,
+        "success_rate": float(np.mean([r["success"] for r in rows])),
+        "median_plan_ms": statistics.median(r["median_plan_ms"] for r in rows),
+        "mean_final_position_error": float(np.mean([r["final_position_error"] for r in rows])),
+        "mean_final_yaw_error": float(np.mean([r["final_yaw_error"] for r in rows])),
+        "model": cfg.model,
+        "planner": cfg.planner,
+        "device": str(device),
+    }
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics

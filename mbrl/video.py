@@ -1,0 +1,64 @@
+"""MPC visualisation: camera frames with the goal and the planned keypoint
+trajectory drawn over them, mp4 writing, and the cost-per-step plot."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v2 as imageio
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+GOAL_COLOUR = (40, 200, 70)
+PLAN_COLOUR = (255, 220, 0)
+BOX_Z = 0.025  # m, keypoint height used when projecting planar keypoints
+
+
+def _project(camera, xy: np.ndarray, width: int, height: int) -> list[tuple[float, float]]:
+    """Planar points [M, 2] -> pixel tuples through the env camera."""
+    xyz = np.concatenate([xy, np.full((len(xy), 1), BOX_Z)], axis=1)
+    return [tuple(p) for p in camera.project(xyz, width, height)]
+
+
+def overlay_plan(frame: np.ndarray, camera, goal_keypoints: np.ndarray, planned_keypoints: np.ndarray | None,
+                 text: str = "") -> np.ndarray:
+    """frame [h, w, 3] uint8; goal_keypoints [5, 2]; planned_keypoints [H, 5, 2] -> annotated frame.
+
+    Draws the goal box outline (green), the planned path of the box centre and
+    the box outline at the end of the plan (yellow)."""
+    h, w = frame.shape[:2]
+    img = Image.fromarray(frame)
+    draw = ImageDraw.Draw(img)
+    corners = _project(camera, goal_keypoints[1:], w, h)
+    draw.polygon(corners, outline=GOAL_COLOUR, width=2)
+    if planned_keypoints is not None and len(planned_keypoints):
+        path = _project(camera, planned_keypoints[:, 0], w, h)
+        if len(path) > 1:
+            draw.line(path, fill=PLAN_COLOUR, width=2)
+        for x, y in path:
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=PLAN_COLOUR)
+        draw.polygon(_project(camera, planned_keypoints[-1, 1:], w, h), outline=PLAN_COLOUR, width=1)
+    if text:
+        draw.text((4, 4), text, fill=(0, 0, 0))
+    return np.asarray(img)
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> None:
+    """frames: list of [h, w, 3] uint8 -> mp4 (H.264 through imageio-ffmpeg)."""
+    imageio.mimwrite(str(path), frames, fps=fps, macro_block_size=8)
+
+
+def plot_costs(path: Path, costs: list[float], title: str) -> None:
+    """Planned cost against MPC step, as PNG."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(np.arange(len(costs)), costs, marker=".")
+    ax.set_xlabel("MPC step")
+    ax.set_ylabel("planned cost")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
