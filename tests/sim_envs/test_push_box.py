@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import sim_envs
+from sim_envs.push_box import keypoints_from_pose
+
+
+@pytest.fixture
+def env():
+    e = sim_envs.make("push-box")
+    yield e
+    e.close()
+
+
+def test_passes_gymnasium_env_checker():
+    env = sim_envs.make("push-box", observe_images=True, observe_depth=True)
+    check_env(env, skip_render_check=False)
+
+
+def test_registry_rejects_unknown_names_and_options():
+    with pytest.raises(ValueError, match="available: push-box"):
+        sim_envs.make("push-ball")
+    with pytest.raises(ValueError, match="no option"):
+        sim_envs.make("push-box", max_pushh=0.1)
+
+
+def test_reset_is_reproducible_and_goals_follow_the_config(env):
+    a, _ = env.reset(seed=7)
+    b, _ = env.reset(seed=7)
+    c, _ = env.reset(seed=8)
+    np.testing.assert_array_equal(a["keypoints"], b["keypoints"])
+    np.testing.assert_array_equal(a["goal"], b["goal"])
+    assert not np.allclose(a["goal"], c["goal"])
+    for seed in range(20):
+        obs, info = env.reset(seed=seed)
+        lo, hi = env.config.goal_distance
+        assert lo - 1e-9 <= np.linalg.norm(obs["goal"][:2] - obs["keypoints"][0, :2]) <= hi + 1e-9
+        assert info["yaw_error"] <= env.config.goal_yaw + 1e-9
+
+
+def test_keypoints_are_box_centre_and_corners(env):
+    obs, _ = env.reset(seed=3)
+    kp = obs["keypoints"][:, :2]
+    np.testing.assert_allclose(kp[0], kp[1:].mean(axis=0), atol=1e-9)
+    side = np.linalg.norm(kp[1] - kp[2])
+    assert side == pytest.approx(0.10, abs=1e-6)
+    np.testing.assert_allclose(kp, keypoints_from_pose(env.box_pose()[:2], np.asarray(env.box_pose()[2])), atol=1e-9)
+
+
+def test_pushing_into_the_box_moves_it_and_free_moves_do_not(env):
+    env.reset(seed=0, options={"box_pose": [0.0, 0.0, 0.0], "pusher": [-0.15, 0.0], "goal": [0.1, 0.0, 0.0]})
+    for _ in range(2):  # under 6 cm in free space: the pusher's edge stays short of the box face at -0.05
+        env.step(np.array([0.03, 0.0]))
+    assert np.allclose(env.box_pose(), [0, 0, 0], atol=1e-4)
+    for _ in range(6):
+        env.step(np.array([0.03, 0.0]))
+    x, y, yaw = env.box_pose()
+    assert x > 0.08 and abs(y) < 0.01 and abs(yaw) < 0.05
+    assert env.pusher_position()[0] == pytest.approx(x - 0.05 - 0.015, abs=0.01)
+
+
+def test_state_round_trip_reproduces_the_future(env):
+    env.reset(seed=4)
+    state = env.get_state()
+    actions = np.random.default_rng(0).uniform(-0.03, 0.03, (15, 2))
+    first = [env.step(a)[0]["keypoints"] for a in actions]
+    env.set_state(state)
+    second = [env.step(a)[0]["keypoints"] for a in actions]
+    np.testing.assert_array_equal(np.array(first), np.array(second))
+
+
+@pytest.mark.parametrize("action", [[np.nan, 0.0], [0.0, np.inf], [0.05, 0.0], [0.0, -0.031], [0.01, 0.0, 0.0]])
+def test_step_rejects_bad_actions(env, action):
+    env.reset(seed=0)
+    before = env.get_state()
+    with pytest.raises(ValueError, match="push-box action"):
+        env.step(np.array(action))
+    np.testing.assert_array_equal(before, env.get_state())
+
+
+def test_camera_projects_the_box_onto_its_pixels(env):
+    env = sim_envs.make("push-box", observe_images=True, observe_depth=True, image_size=64)
+    obs, _ = env.reset(seed=1)
+    rgb, depth = obs["rgb"], obs["depth"]
+    u, v = np.round(env.camera.project(obs["keypoints"][:1], 64, 64)[0]).astype(int)
+    r, g, b = rgb[v, u].astype(int)
+    assert r > g + 40 and r > b + 40, "the box (red) should be at its projected centre"
+    # Depth at the box centre matches the camera-frame z of the box's top face, to a pixel's worth.
+    top = obs["keypoints"][0] + np.array([0, 0, 0.025])
+    z_cam = (env.camera.extrinsics() @ np.append(top, 1.0))[2]
+    assert depth[v, u] == pytest.approx(z_cam, abs=0.02)
+    K = env.camera.intrinsics(64, 64)
+    assert K[0, 2] == 32 and K[1, 2] == 32 and K[0, 0] > 0
