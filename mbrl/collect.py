@@ -5,10 +5,10 @@ writes exactly the episodes a complete run would have written.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +95,7 @@ def run_collect(cfg: CollectConfig) -> dict:
     out = Path(cfg.out)
     overrides = {"observe_images": True} if cfg.images else {}
     env = sim_envs.make(cfg.env, **overrides)
-    meta = dataset_meta(cfg, env)
+    meta = json.loads(json.dumps(dataset_meta(cfg, env)))  # as it reads back from disk (tuples -> lists)
     env.close()
     if (out / META_NAME).exists():
         old = read_meta(out)

@@ -1,0 +1,103 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sim_envs
+from mbrl.collect import run_collect
+from mbrl.configs import CollectConfig
+from mbrl.errors import UserError
+from mbrl.store import episode_path, finished_indices, load_dataset, read_meta
+
+
+def box_moved_steps(box_pose: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(np.diff(box_pose[:, :2], axis=0), axis=1) > 1e-3
+
+
+def test_dataset_layout_and_meta(tmp_path):
+    out = tmp_path / "d"
+    r = run_collect(CollectConfig(out=str(out), episodes=4, steps=10, workers=1, seed=3))
+    assert r["episodes_written"] == 4 and r["steps_per_second"] > 0
+    meta, episodes = load_dataset(out)
+    assert meta["env"] == "push-box" and meta["seed"] == 3 and meta["schema_version"] == 1
+    assert meta["env_spec"]["action"]["high"] == pytest.approx(0.03)
+    ep = episodes[0]
+    assert ep["keypoints"].shape == (11, 5, 2) and ep["pusher"].shape == (11, 2)
+    assert ep["actions"].shape == (10, 2) and np.abs(ep["actions"]).max() <= 0.03 + 1e-7
+    assert "rgb" not in ep
+
+
+def test_images_are_stored_as_uint8_frames(tmp_path):
+    run_collect(CollectConfig(out=str(tmp_path / "d"), episodes=1, steps=5, workers=1, images=True))
+    _, (ep,) = load_dataset(tmp_path / "d")
+    assert ep["rgb"].shape == (6, 64, 64, 3) and ep["rgb"].dtype == np.uint8
+    assert ep["rgb"].std() > 5  # a real picture, not a blank frame
+
+
+def test_exploration_touches_the_box_far_more_than_random_actions(tmp_path):
+    run_collect(CollectConfig(out=str(tmp_path / "d"), episodes=30, steps=40, workers=2, seed=11))
+    _, episodes = load_dataset(tmp_path / "d")
+    ours = np.mean([box_moved_steps(e["box_pose"]).any() for e in episodes])
+    env = sim_envs.make("push-box")
+    rng = np.random.default_rng(0)
+    random_touch = []
+    for seed in range(30):
+        env.reset(seed=11 + seed)
+        poses = [env.box_pose()]
+        for _ in range(40):
+            env.step(rng.uniform(-0.03, 0.03, 2))
+            poses.append(env.box_pose())
+        random_touch.append(box_moved_steps(np.array(poses)).any())
+    assert ours >= 0.8, f"only {ours:.0%} of exploration episodes touched the box"
+    assert ours > np.mean(random_touch) + 0.2
+
+
+def test_resume_completes_the_dataset_without_rewriting_finished_episodes(tmp_path):
+    out = tmp_path / "d"
+    run_collect(CollectConfig(out=str(out), episodes=3, steps=8, workers=1))
+    first = {i: episode_path(out, i).read_bytes() for i in range(3)}
+    mtimes = {i: episode_path(out, i).stat().st_mtime_ns for i in range(3)}
+    (out / "episodes" / ".ep_000003.npz.abc.tmp").write_bytes(b"half-written")  # left by a killed worker
+    r = run_collect(CollectConfig(out=str(out), episodes=6, steps=8, workers=2))
+    assert r["episodes_written"] == 3 and finished_indices(out) == set(range(6))
+    for i in range(3):
+        assert episode_path(out, i).read_bytes() == first[i]
+        assert episode_path(out, i).stat().st_mtime_ns == mtimes[i]
+    # Resumed episodes equal those of an uninterrupted run.
+    run_collect(CollectConfig(out=str(tmp_path / "ref"), episodes=6, steps=8, workers=1))
+    _, resumed = load_dataset(out)
+    _, reference = load_dataset(tmp_path / "ref")
+    for a, b in zip(resumed, reference):
+        np.testing.assert_array_equal(a["keypoints"], b["keypoints"])
+
+
+def test_a_killed_collection_resumes_to_the_full_count(tmp_path):
+    out = tmp_path / "d"
+    cmd = [sys.executable, "-m", "mbrl.cli", "collect", "push-box", "--out", str(out), "--episodes", "400",
+           "--steps", "40", "--workers", "2"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while len(finished_indices(out)) < 10 and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    survived = finished_indices(out)
+    assert 10 <= len(survived) < 400, "the kill should land mid-collection"
+    _, episodes = load_dataset(out)  # every file left behind is whole
+    assert len(episodes) == len(survived)
+    done = subprocess.run(cmd[:8] + ["20"] + cmd[9:], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert finished_indices(out) >= set(range(20))
+
+
+def test_collect_refuses_to_mix_datasets(tmp_path):
+    out = tmp_path / "d"
+    run_collect(CollectConfig(out=str(out), episodes=1, steps=5, workers=1))
+    with pytest.raises(UserError, match="different"):
+        run_collect(CollectConfig(out=str(out), episodes=2, steps=7, workers=1))
+    assert read_meta(out)["steps_per_episode"] == 5
