@@ -46,7 +46,9 @@ class LearnedPredictor:
 
 
 class OraclePredictor(PushBoxOracle):
-    def observe(self, obs: dict) -> None:
+    """The oracle seen from the MPC loop: it observes the simulator, not the observation."""
+
+    def observe(self, obs: dict | None = None) -> None:
         super().observe()
 
 

@@ -27,18 +27,20 @@ class PushBoxOracle:
         self.threads = threads or max(1, min(8, os.cpu_count() or 1))
         self._pool = rollout.Rollout(nthread=self.threads)
         self._datas = [mujoco.MjData(env.model) for _ in range(self.threads)]
-        self._state = env.get_state()
+        self.observe()
 
     def observe(self) -> None:
-        """Take the environment's current physics state as the rollout start."""
+        """Take the environment's current physics state (and solver warm start) as the rollout start."""
         self._state = self.env.get_state()
+        self._warmstart = self.env.data.qacc_warmstart.copy()
 
     def rollout(self, actions: torch.Tensor) -> torch.Tensor:
         """actions [N, H, 2] -> states [N, H, 12] (5 keypoints xy, then pusher xy), on actions' device."""
         n, h, _ = actions.shape
         controls = self.env.controls_for(actions.detach().cpu().double().numpy())
         initial = np.broadcast_to(self._state, (n, self._state.size))
-        _, sensors = self._pool.rollout(self.env.model, self._datas, initial, controls)
+        warmstart = np.broadcast_to(self._warmstart, (n, self._warmstart.size))
+        _, sensors = self._pool.rollout(self.env.model, self._datas, initial, controls, initial_warmstart=warmstart)
         # Sensor layout (push_box.xml): box_pos 3, box_quat 4, pusher_pos 3; keep the end of each control step.
         sensors = sensors[:, self.env.n_substeps - 1::self.env.n_substeps]
         keypoints = keypoints_from_pose(sensors[..., 0:2], yaw_from_quat(sensors[..., 3:7]))

@@ -1,0 +1,161 @@
+"""``mbrl eval``: open-loop rollout error of a model against the "nothing moves" baseline.
+
+For each horizon h in (1, 5, 10, 20) the model is rolled out open loop with
+the recorded actions from every start index t = 0..T-h of every evaluated
+episode, and its state after h steps is compared with the recorded one by the
+model's ``position_error`` (keypoint model: mean Euclidean keypoint distance,
+metres).  The baseline predicts that nothing moves (state_{t+h} = state_t).
+
+Which episodes: when the dataset is the one the model was trained on (same
+directory, or identical ``meta.json``), the episodes after the training split
+(the held-out ones, ``split = "held-out"``); otherwise all of them
+(``split = "all"``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from dynamics_models import DynamicsModel
+from mbrl.checkpoints import check_model_for_env, is_pretrained, load_model
+from mbrl.configs import EvalConfig
+from mbrl.device import resolve_device
+from mbrl.errors import UserError
+from mbrl.store import load_dataset, write_json_atomic
+
+HORIZONS = (1, 5, 10, 20)
+_CHUNK = 8192  # windows per batched rollout call
+
+
+def episode_tensors(model: DynamicsModel, episodes: Iterable[dict], source: str = "dataset") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Stored episodes -> [(states [T+1, D], actions [T, du])] on the model's device."""
+    out = []
+    for i, ep in enumerate(episodes):
+        try:
+            out.append(model.episode_states(ep))
+        except (ValueError, KeyError) as e:
+            raise UserError(f"{source}: episode {i} does not fit model '{model.name}': {e}") from None
+    return out
+
+
+@torch.no_grad()
+def rollout_errors(
+    model: DynamicsModel,
+    episodes: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    horizons: Iterable[int] = HORIZONS,
+) -> dict[int, dict[str, float]]:
+    """Mean h-step open-loop error of ``model`` and of the nothing-moves baseline.
+
+    episodes: [(states [T+1, D], actions [T, du])].  Returns
+    ``{h: {"model": m, "baseline": b, "ratio": b / m, "windows": n}}`` (metres)
+    for each horizon with at least one window (episodes shorter than h are skipped)."""
+    was_training = model.training
+    model.eval()
+    result: dict[int, dict[str, float]] = {}
+    try:
+        for h in horizons:
+            s0, acts, target = [], [], []
+            for states, actions in episodes:
+                t = actions.shape[0]
+                if t < h:
+                    continue
+                s0.append(states[: t - h + 1])
+                acts.append(actions.unfold(0, h, 1).transpose(1, 2))  # [T-h+1, h, du]
+                target.append(states[h:])
+            if not s0:
+                continue
+            s0_all, a_all, y_all = torch.cat(s0), torch.cat(acts), torch.cat(target)
+            m_sum = b_sum = 0.0
+            for i in range(0, s0_all.shape[0], _CHUNK):
+                x, a, y = s0_all[i:i + _CHUNK], a_all[i:i + _CHUNK], y_all[i:i + _CHUNK]
+                pred = model.rollout(x, a)[:, -1]
+                m_sum += float(model.position_error(pred, y).sum())
+                b_sum += float(model.position_error(x, y).sum())
+            n = s0_all.shape[0]
+            m, b = m_sum / n, b_sum / n
+            result[h] = {"model": m, "baseline": b, "ratio": b / m if m > 0 else float("inf"), "windows": n}
+    finally:
+        model.train(was_training)
+    return result
+
+
+def _same_dataset(dataset_meta: dict, data_dir: Path, meta: dict) -> bool:
+    saved_path = dataset_meta.get("dataset_path")
+    if saved_path and Path(saved_path).resolve() == data_dir.resolve():
+        return True
+    saved = {k: v for k, v in dataset_meta.items() if k not in ("dataset_path", "split")}
+    return bool(saved) and saved == meta
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """Evaluate ``cfg.run`` on ``cfg.data``; writes and returns the eval.json dict."""
+    device = resolve_device(cfg.device)
+    model, ckpt = load_model(cfg.run, device)
+    data_dir = Path(cfg.data)
+    meta, episodes = load_dataset(data_dir, keys=model.dataset_keys)
+    check_model_for_env(model, meta.get("env"), ckpt)
+
+    dataset_meta = ckpt.get("dataset_meta") or {}
+    split_info = dataset_meta.get("split") or {}
+    if _same_dataset(dataset_meta, data_dir, meta) and "num_train" in split_info:
+        num_train = int(split_info["num_train"])
+        if len(episodes) <= num_train:
+            raise UserError(
+                f"dataset {data_dir} has {len(episodes)} episodes and the model was trained on the first "
+                f"{num_train}: none is held out (evaluate on another dataset)"
+            )
+        episodes, split, first = episodes[num_train:], "held-out", num_train
+    else:
+        split, first = "all", 0
+
+    tensors = episode_tensors(model, episodes, str(data_dir))
+    errors = rollout_errors(model, tensors, HORIZONS)
+    if not errors:
+        raise UserError(f"dataset {data_dir}: episodes are too short for any horizon in {HORIZONS}")
+    result = {
+        "model": str(cfg.run),
+        "model_name": model.name,
+        "dataset": str(data_dir),
+        "env": meta.get("env"),
+        "split": split,
+        "first_episode": first,
+        "episodes": len(tensors),
+        "unit": "m",
+        "metric": "mean keypoint position error after h open-loop steps",
+        "horizons": {
+            str(h): {
+                "model": e["model"],
+                "baseline": e["baseline"],
+                "ratio": e["ratio"],
+                "windows": e["windows"],
+            }
+            for h, e in errors.items()
+        },
+        "skipped_horizons": [h for h in HORIZONS if h not in errors],
+    }
+    if cfg.out:
+        out = Path(cfg.out)
+    elif is_pretrained(cfg.run):
+        out = Path("eval.json")
+    else:
+        run = Path(cfg.run)
+        out = (run if run.is_dir() else run.parent) / "eval.json"
+    write_json_atomic(out, result)
+    result["path"] = str(out)
+    return result
+
+
+def format_eval(result: dict) -> str:
+    """A small table of an eval result, for the CLI."""
+    lines = [
+        f"{result['model']} on {result['dataset']} ({result['split']}, {result['episodes']} episodes)",
+        f"{'h':>4} {'model [m]':>11} {'baseline [m]':>13} {'ratio':>7}",
+    ]
+    for h, e in result["horizons"].items():
+        lines.append(f"{h:>4} {e['model']:11.4f} {e['baseline']:13.4f} {e['ratio']:7.2f}")
+    if "path" in result:
+        lines.append(f"wrote {result['path']}")
+    return "\n".join(lines)
+

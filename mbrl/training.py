@@ -1,0 +1,260 @@
+"""``mbrl train``: fit a dynamics model on an episode store.
+
+The whole loop, for any registered model::
+
+    episodes  --split-->  train (first), val (last val_fraction, >= 1 episode)
+    episode   --model.episode_states-->  states [T+1, D], actions [T, du]
+    windows   = every run of rollout_steps actions: states [W, S+1, D], actions [W, S, du]
+    model.fit_normalisation(train windows)            (fresh runs only)
+    for epoch: shuffle, Adam on model.loss(batch); val loss, val 1/5-step error (m)
+               RUN/checkpoint.pt (atomic, with optimizer + rng for --resume),
+               RUN/log.csv row, TensorBoard scalars in RUN/tensorboard
+
+``--resume`` continues RUN/checkpoint.pt up to ``--epochs`` with the run's own
+saved config (only ``epochs`` and ``device`` are taken from the command line).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import dynamics_models
+from dynamics_models import DynamicsModel
+from mbrl.checkpoints import CHECKPOINT_NAME, model_from_checkpoint, read_checkpoint, save_checkpoint
+from mbrl.configs import TrainConfig
+from mbrl.device import resolve_device
+from mbrl.errors import UserError
+from mbrl.evaluation import episode_tensors, rollout_errors
+from mbrl.store import load_dataset, write_json_atomic
+
+LOG_NAME = "log.csv"
+CONFIG_NAME = "config.json"
+TENSORBOARD_DIR = "tensorboard"
+LOG_FIELDS = ["epoch", "train_loss", "val_loss", "val_err_1step_m", "val_err_5step_m", "seconds"]
+
+
+def split_episodes(n: int, val_fraction: float) -> int:
+    """Number of training episodes: the last ``val_fraction`` (at least one) are held out."""
+    if n < 2:
+        raise UserError(f"the dataset has {n} episode(s); training needs at least 2 (one is held out)")
+    n_val = min(n - 1, max(1, int(round(n * val_fraction))))
+    return n - n_val
+
+
+def make_windows(
+    episodes: list[tuple[torch.Tensor, torch.Tensor]], steps: int
+) -> dict[str, torch.Tensor]:
+    """[(states [T+1, D], actions [T, du])] -> {"states": [W, S+1, D], "actions": [W, S, du]}."""
+    ss, aa = [], []
+    for states, actions in episodes:
+        if actions.shape[0] < steps:
+            continue
+        ss.append(states.unfold(0, steps + 1, 1).transpose(1, 2))
+        aa.append(actions.unfold(0, steps, 1).transpose(1, 2))
+    if not ss:
+        raise UserError(f"no episode has {steps} steps; lower --rollout-steps")
+    return {"states": torch.cat(ss).contiguous(), "actions": torch.cat(aa).contiguous()}
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    if cfg.epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {cfg.epochs}")
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise UserError(f"--lr must be a positive number, got {cfg.lr}")
+    if cfg.rollout_steps < 1:
+        raise UserError(f"--rollout-steps must be >= 1, got {cfg.rollout_steps}")
+    if not 0 <= cfg.val_fraction < 1:
+        raise UserError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
+
+
+def _mean_loss(model: DynamicsModel, windows: dict[str, torch.Tensor], batch_size: int) -> float:
+    model.eval()
+    total, n = 0.0, windows["states"].shape[0]
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            batch = {k: v[i:i + batch_size] for k, v in windows.items()}
+            loss, _ = model.loss(batch)
+            total += float(loss) * batch["states"].shape[0]
+    return total / n
+
+
+def _open_log(path: Path, keep_epochs: int) -> None:
+    """Create ``log.csv`` with a header, keeping only rows of epochs <= keep_epochs."""
+    rows = []
+    if keep_epochs > 0 and path.is_file():
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    if int(row["epoch"]) <= keep_epochs:
+                        rows.append(row)
+                except (KeyError, TypeError, ValueError):
+                    continue
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _summary_writer(run: Path, purge_step: int | None):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional at run time; the CSV log is always written
+        return None
+    return SummaryWriter(str(run / TENSORBOARD_DIR), purge_step=purge_step)
+
+
+def run_training(cfg: TrainConfig) -> Path:
+    """Train ``cfg.model`` on ``cfg.data`` into the run directory ``cfg.out``; returns the checkpoint path."""
+    run = Path(cfg.out)
+    ckpt_path = run / CHECKPOINT_NAME
+    device = resolve_device(cfg.device)
+
+    # -- fresh run or resume --------------------------------------------------------
+    resume_ckpt, done = None, 0
+    if cfg.resume:
+        if not ckpt_path.is_file():
+            raise UserError(f"nothing to resume: {ckpt_path} does not exist (drop --resume to start a new run)")
+        resume_ckpt, _ = read_checkpoint(ckpt_path, "cpu")
+        ts = resume_ckpt.get("train_state")
+        if not ts or "train_config" not in ts:
+            raise UserError(f"{ckpt_path} holds no training state (an exported model); it cannot be resumed")
+        known = {f.name for f in fields(TrainConfig)}
+        saved = {k: v for k, v in ts["train_config"].items() if k in known}
+        cfg = replace(TrainConfig(**saved), epochs=cfg.epochs, device=cfg.device, out=cfg.out, resume=True)
+        done = int(ts["epoch"])
+        if cfg.epochs <= done:
+            print(f"{run}: already trained for {done} epoch(s) (--epochs {cfg.epochs}); nothing to do", file=sys.stderr)
+            return ckpt_path
+    elif ckpt_path.exists():
+        raise UserError(f"{run} already holds a checkpoint: pass --resume to continue it, or choose another --out")
+    _check_config(cfg)
+
+    # -- data ---------------------------------------------------------------------------
+    try:
+        cls = dynamics_models.model_class(cfg.model)
+    except dynamics_models.UnknownModelError as e:
+        raise UserError(str(e)) from None
+    if resume_ckpt is not None and resume_ckpt["model_name"] != cfg.model:
+        raise UserError(f"{ckpt_path} is a '{resume_ckpt['model_name']}' model, not '{cfg.model}'")
+    meta, episodes = load_dataset(Path(cfg.data), keys=cls.dataset_keys)
+    env = meta.get("env")
+    if env not in cls.env_names:
+        raise UserError(
+            f"model '{cfg.model}' is for {', '.join(cls.env_names)}, but dataset {cfg.data} is from {env}"
+        )
+    num_train = split_episodes(len(episodes), cfg.val_fraction)
+
+    torch.manual_seed(cfg.seed)
+    if resume_ckpt is not None:
+        model = model_from_checkpoint(resume_ckpt, device, ckpt_path)
+    else:
+        try:
+            model = cls(**cls.infer_config(meta, episodes[0])).to(device)
+        except (KeyError, ValueError) as e:
+            raise UserError(f"dataset {cfg.data} does not fit model '{cfg.model}': {e}") from None
+    tensors = episode_tensors(model, episodes, cfg.data)
+    del episodes
+    train_eps, val_eps = tensors[:num_train], tensors[num_train:]
+    train_w = make_windows(train_eps, cfg.rollout_steps)
+    try:
+        val_w = make_windows(val_eps, cfg.rollout_steps)
+    except UserError:
+        val_w = None  # held-out episodes shorter than the window: the val loss is skipped
+    if resume_ckpt is None:
+        model.fit_normalisation(train_w)
+
+    dataset_meta = {
+        **meta,
+        "dataset_path": str(Path(cfg.data).resolve()),
+        "split": {
+            "num_episodes": len(tensors),
+            "num_train": num_train,
+            "num_val": len(tensors) - num_train,
+            "val_fraction": cfg.val_fraction,
+        },
+    }
+
+    # -- optimiser, rng -----------------------------------------------------------------
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    if resume_ckpt is not None:
+        ts = resume_ckpt["train_state"]
+        opt.load_state_dict(ts["optimizer"])
+        rng = ts.get("rng") or {}
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"].cpu())
+        if "shuffle" in rng:
+            shuffle.set_state(rng["shuffle"].cpu())
+
+    run.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run / CONFIG_NAME, {
+        "train": asdict(cfg),
+        "device": str(device),
+        "model_name": model.name,
+        "model_config": model.config(),
+        "dataset": {"path": dataset_meta["dataset_path"], "env": env, **dataset_meta["split"]},
+        "windows": {"train": int(train_w["states"].shape[0]), "val": 0 if val_w is None else int(val_w["states"].shape[0])},
+    })
+    _open_log(run / LOG_NAME, done)
+    writer = _summary_writer(run, done + 1 if done else None)
+
+    # -- epochs ---------------------------------------------------------------------------
+    n_train = train_w["states"].shape[0]
+    bar = tqdm(
+        range(done + 1, cfg.epochs + 1), initial=done, total=cfg.epochs, desc="train", unit="epoch",
+        disable=not sys.stderr.isatty(),
+    )
+    try:
+        for epoch in bar:
+            t0 = time.perf_counter()
+            model.train()
+            perm = torch.randperm(n_train, generator=shuffle).to(device)
+            total = 0.0
+            for i in range(0, n_train, cfg.batch_size):
+                idx = perm[i:i + cfg.batch_size]
+                loss, _ = model.loss({"states": train_w["states"][idx], "actions": train_w["actions"][idx]})
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * idx.shape[0]
+            train_loss = total / n_train
+            val_loss = _mean_loss(model, val_w, 4 * cfg.batch_size) if val_w is not None else float("nan")
+            errs = rollout_errors(model, val_eps, (1, 5))
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_err_1step_m": errs.get(1, {}).get("model", float("nan")),
+                "val_err_5step_m": errs.get(5, {}).get("model", float("nan")),
+                "seconds": time.perf_counter() - t0,
+            }
+            save_checkpoint(ckpt_path, model, dataset_meta=dataset_meta, train_state={
+                "epoch": epoch,
+                "optimizer": opt.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()},
+                "train_config": asdict(cfg),
+            })
+            with open(run / LOG_NAME, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=LOG_FIELDS).writerow(
+                    {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+                )
+            if writer is not None:
+                for k, v in row.items():
+                    if k != "epoch" and math.isfinite(v):
+                        writer.add_scalar(k, v, epoch)
+                writer.flush()
+            bar.set_postfix(loss=f"{train_loss:.3g}", val5=f"{row['val_err_5step_m'] * 100:.2f}cm")
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    return ckpt_path
