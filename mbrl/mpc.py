@@ -71,7 +71,7 @@ def check_config(cfg: PlanConfig) -> None:
 
 def make_predictor(cfg: PlanConfig, env, device: torch.device):
     if cfg.model == "oracle":
-        if cfg.planner in planners.GRADIENT_PLANNERS:
+        if planners.get_class(cfg.planner).needs_gradient:
             raise UserError(f"planner {cfg.planner!r} needs gradients; the MuJoCo oracle is not differentiable "
                             f"(use rs, cem, icem or mppi with --model oracle)")
         return OraclePredictor(env)

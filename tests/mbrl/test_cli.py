@@ -1,0 +1,104 @@
+"""The real entry point on tiny budgets: the pipeline end to end, and bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mbrl.cli import main
+
+
+def mbrl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mbrl.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, fragment: str) -> None:
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert "Traceback" not in r.stderr and fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny dataset and a keypoint model trained on it through the CLI."""
+    root = tmp_path_factory.mktemp("pipeline")
+    data, run = root / "data", root / "run"
+    assert main(["collect", "push-box", "--out", str(data), "--episodes", "30", "--steps", "30"]) == 0
+    assert main(["train", "keypoint", "--data", str(data), "--out", str(run), "--epochs", "2", "--device", "cpu"]) == 0
+    return data, run
+
+
+def test_train_eval_plan_with_video(trained, tmp_path):
+    data, run = trained
+    assert main(["eval", str(run), "--data", str(data)]) == 0
+    ev = json.loads((run / "eval.json").read_text())
+    assert set(ev["horizons"]) == {"1", "5", "10", "20"}
+    out = tmp_path / "plan"
+    assert main(["plan", "push-box", "--model", str(run), "--planner", "cem", "--episodes", "1", "--samples", "64",
+                 "--horizon", "5", "--max-steps", "4", "--video", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    row = metrics["episodes"][0]
+    assert {"final_position_error", "final_yaw_error", "success", "steps", "median_plan_ms"} <= set(row)
+    assert 1 <= row["steps"] <= 4 and 0 <= metrics["success_rate"] <= 1
+    video = next(out.glob("episode_*.mp4"))
+    assert video.stat().st_size > 1000
+    assert next(out.glob("episode_*_cost.png")).stat().st_size > 1000
+
+
+def test_oracle_mppi_reaches_an_easy_goal(tmp_path):
+    out = tmp_path / "oracle"
+    assert main(["plan", "push-box", "--model", "oracle", "--planner", "mppi", "--episodes", "1", "--seed", "3",
+                 "--samples", "128", "--max-steps", "40", "--out", str(out)]) == 0
+    row = json.loads((out / "metrics.json").read_text())["episodes"][0]
+    assert row["success"], row
+    assert row["final_position_error"] < 0.02 and row["final_yaw_error"] < 0.2
+
+
+def test_gradient_planner_with_the_oracle_is_a_clear_error(tmp_path):
+    r = mbrl("plan", "push-box", "--model", "oracle", "--planner", "gd", "--out", str(tmp_path / "p"))
+    assert_one_line_error(r, "not differentiable")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["collect", "push-box", "--episodes", "-3"], "--episodes"),
+    (["collect", "push-ball"], "unknown environment"),
+    (["plan", "push-box", "--model", "oracle", "--horizon", "0"], "--horizon"),
+    (["plan", "push-box", "--model", "oracle", "--planner", "newton"], "unknown planner"),
+    (["train", "keypoint", "--data", "/nonexistent/data"], "no dataset"),
+    (["eval", "/nonexistent/run", "--data", "/nonexistent/data"], "/nonexistent/run"),
+    (["plan", "push-box", "--model", "/nonexistent/run"], "/nonexistent/run"),
+    (["bench", "nothing"], "unknown benchmark"),
+])
+def test_bad_input_gives_one_line_and_nonzero_exit(args, fragment, tmp_path):
+    if args[0] == "plan":
+        args = args + ["--out", str(tmp_path / "p")]
+    if args[0] == "collect":
+        args = args + ["--out", str(tmp_path / "d")]
+    assert_one_line_error(mbrl(*args), fragment)
+
+
+def test_corrupt_checkpoint_and_dataset_are_reported_and_left_alone(trained, tmp_path):
+    data, run = trained
+    bad_run = tmp_path / "bad_run"
+    bad_run.mkdir()
+    (bad_run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert_one_line_error(mbrl("plan", "push-box", "--model", str(bad_run), "--out", str(tmp_path / "p")), "checkpoint")
+    assert (bad_run / "checkpoint.pt").read_bytes() == b"not a checkpoint"
+
+    bad_data = tmp_path / "bad_data"
+    bad_data.mkdir()
+    (bad_data / "meta.json").write_text((data / "meta.json").read_text())
+    (bad_data / "episodes").mkdir()
+    (bad_data / "episodes" / "ep_000000.npz").write_bytes(b"garbage")
+    assert_one_line_error(mbrl("train", "keypoint", "--data", str(bad_data), "--out", str(tmp_path / "r")), "corrupt")
+    assert (bad_data / "episodes" / "ep_000000.npz").read_bytes() == b"garbage"
+
+
+def test_training_into_an_existing_run_needs_resume(trained):
+    data, run = trained
+    before = (run / "checkpoint.pt").read_bytes()
+    r = mbrl("train", "keypoint", "--data", str(data), "--out", str(run), "--epochs", "1")
+    assert_one_line_error(r, "--resume")
+    assert (run / "checkpoint.pt").read_bytes() == before
