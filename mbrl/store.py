@@ -31,6 +31,8 @@ import numpy as np
 from mbrl.errors import UserError
 
 SCHEMA_VERSION = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 META_NAME = "meta.json"
 EPISODE_DIR = "episodes"
 
@@ -48,6 +50,7 @@ def write_atomic_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

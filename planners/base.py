@@ -69,6 +69,16 @@ def _is_int(x: object) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
+def _device(device: Union[str, torch.device]) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"bad device {device!r}; use 'cpu', 'cuda', 'cuda:N' or a torch.device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(dev)!r} requested but CUDA is not available")
+    return dev
+
+
 class Planner:
     """Base class: bounds, seeded generator, warm start and the ``plan`` template.
 
@@ -82,6 +92,7 @@ class Planner:
     """
 
     name: ClassVar[str] = ""
+    needs_gradient: ClassVar[bool] = False  # True: cost_fn must be differentiable (autograd through the model)
     Config: ClassVar[type[PlannerConfig]] = PlannerConfig
 
     def __init__(
@@ -100,14 +111,19 @@ class Planner:
         self.cfg = self.make_config(**overrides)
         self.horizon = int(horizon)
         self.num_samples = int(num_samples)
-        self.device = torch.device(device)
+        self.device = _device(device)
+        self.generator = torch.Generator(device=self.device)
         self.dtype = torch.float32
         self.low, self.high = self._bounds(action_low, action_high)  # [du] each
         self.du = self.low.numel()
         self.mid = (self.low + self.high) / 2  # [du]
         self.half = (self.high - self.low) / 2  # [du] half-range, the unit of noise scales
+        # [H, du] contiguous copies for per-sample arithmetic: broadcasting a [du] vector over
+        # [N, H, du] takes a slow path on CPU (several times slower for small du)
+        self.low_hd, self.high_hd, self.mid_hd, self.half_hd = (
+            v.expand(self.horizon, self.du).contiguous() for v in (self.low, self.high, self.mid, self.half)
+        )
         self.seed = int(seed)
-        self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(self.seed)
         self._warm: Optional[Tensor] = None  # [H, du] shifted last solution
         self._started_warm = False  # whether the current plan() started from the warm start
@@ -180,33 +196,42 @@ class Planner:
         """[H, du] initial sequence: ``init`` if given, else the warm start, else the midpoint."""
         self._started_warm = init is None and self._warm is not None
         if init is None:
-            return self._warm if self._warm is not None else self.mid.expand(self.horizon, self.du).clone()
+            return self._warm if self._warm is not None else self.mid_hd.clone()
         init = torch.as_tensor(init).detach().to(self.device, self.dtype)
         shape = (self.horizon, self.du)
         _check(tuple(init.shape) == shape, f"init must have shape [H, du] = {list(shape)}, got {list(init.shape)}")
         return self.clamp(init.clone())
 
     def clamp(self, U: Tensor) -> Tensor:
-        """Clamp ``U: [..., du]`` onto the bounds in place and return it."""
-        return U.clamp_(self.low, self.high)
+        """Clamp ``U: [..., H, du]`` onto the bounds in place and return it."""
+        return U.clamp_(self.low_hd, self.high_hd)
 
     def _evaluate(self, cost_fn: CostFn, U: Tensor) -> Tensor:
         """``cost_fn(U: [n, H, du]) -> [n]``, NaN read as +inf; checks the shape."""
         c = cost_fn(U)
         if not isinstance(c, Tensor) or tuple(c.shape) != (U.shape[0],):
             got = list(c.shape) if isinstance(c, Tensor) else type(c).__name__
-            raise ValueError(f"cost_fn must return a tensor of shape [{U.shape[0]}] for actions {list(U.shape)}, got {got}")
+            n = U.shape[0]
+            raise ValueError(f"cost_fn must return a tensor of shape [{n}] for actions {list(U.shape)}, got {got}")
         return torch.nan_to_num(c, nan=INF, posinf=INF, neginf=-INF)
 
-    def _randn(self, *shape: int) -> Tensor:
-        return torch.randn(shape, generator=self.generator, device=self.device, dtype=self.dtype)
+    def _randn(self, n: int, *shape: int, antithetic: bool = False) -> Tensor:
+        """[n, *shape] standard normal noise; ``antithetic``: rows n//2.. mirror the first rows (-eps),
+        which halves the random numbers drawn (the main cost of a sampling iteration besides ``cost_fn``)."""
+        if not antithetic:
+            return torch.randn((n, *shape), generator=self.generator, device=self.device, dtype=self.dtype)
+        h = (n + 1) // 2
+        z = torch.empty((n, *shape), device=self.device, dtype=self.dtype)
+        torch.randn((h, *shape), generator=self.generator, out=z[:h])
+        torch.neg(z[: n - h], out=z[h:])
+        return z
 
     def _rand(self, *shape: int) -> Tensor:
         return torch.rand(shape, generator=self.generator, device=self.device, dtype=self.dtype)
 
     def _uniform(self, n: int) -> Tensor:
         """[n, H, du] sequences uniform in the bounds."""
-        return torch.addcmul(self.low, self._rand(n, self.horizon, self.du), self.high - self.low)
+        return torch.addcmul(self.low_hd, self._rand(n, self.horizon, self.du), self.half_hd, value=2.0)
 
     def __repr__(self) -> str:
         return (
@@ -231,3 +256,9 @@ def top_sequences(costs: Tensor, U: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The ``k`` lowest-cost rows, best first: costs [n], U [n, H, du] -> ([k], [k, H, du])."""
     c, i = torch.topk(costs, min(k, costs.numel()), largest=False, sorted=True)
     return c, U[i]
+
+
+def mean_std(elites: Tensor) -> tuple[Tensor, Tensor]:
+    """[k, H, du] -> mean, population std [H, du] (written out: faster than torch.std_mean here)."""
+    mean = elites.mean(0)
+    return mean, (elites - mean).square_().mean(0).sqrt_()
