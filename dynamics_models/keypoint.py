@@ -16,14 +16,24 @@ One step, ``s' = s + f(x)``:
 
 * features ``x`` are relative to keypoint 0 (translation invariance):
   ``keypoints[1:] - keypoints[0]`` [(K-1)*2], ``pusher - keypoints[0]`` [2],
-  ``action`` [du]; normalised with the ``in_mean``/``in_std`` buffers;
-* the MLP's output is the normalised change of the whole state; it is
-  de-normalised with ``out_mean``/``out_std`` and added to the state (residual).
+  ``action`` [du]; with ``frame="object"`` (default) they are expressed in the
+  object's own frame (x axis from keypoint 0 to keypoint 1), which makes the
+  model exactly equivariant to planar rotations; with ``frame="world"`` in
+  world axes.  Normalised with the ``in_mean``/``in_std`` buffers;
+* the MLP's output is the normalised change of the whole state (in the same
+  frame); it is de-normalised with ``out_mean``/``out_std``, rotated back to
+  world axes and added to the state (residual).
 
 Training augments every window with a random rigid planar transform (rotation
 about z, translation) applied jointly to keypoints, pusher and actions: planar
-pushing on a uniform table is equivariant to both, and the model is only
-translation invariant by construction.
+pushing on a uniform table is equivariant to both.  The model is translation
+invariant by construction, and with the object frame rotation equivariant too, so there the augmentation only matters for
+``frame="world"`` (where it is what teaches the equivariance).  On push-box
+data the object frame trains to lower errors in a few epochs.
+
+The training loss (``loss``) rolls the model open loop over a window of S
+actions and averages the squared error of all S predicted states, scaled per
+point by the typical one-step change (``loss_scale``).
 """
 from __future__ import annotations
 
@@ -37,9 +47,13 @@ from torch import nn
 from dynamics_models.base import DynamicsModel
 
 _ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
-# Floors of the normalisation scales, metres: a quantity that never varies in
-# the data (a box that never moved) must not turn into a division by ~0.
-_MIN_STD = 1e-3
+# Floors of the normalisation scales, metres.  A quantity that never varies in
+# the data (a box that never moved; the corners of a rigid box in its own
+# frame) must not turn into a division by ~0: a model input scaled so would
+# make the network hypersensitive to the small deformations its own
+# multi-step predictions introduce.
+_MIN_IN_STD = 1e-2
+_MIN_OUT_STD = 1e-3
 
 
 def _as_float_tensor(x: Any, device: torch.device) -> torch.Tensor:
@@ -59,6 +73,8 @@ class KeypointDynamics(DynamicsModel):
         activation: ``silu`` | ``relu`` | ``tanh`` | ``gelu``.
         augment_rotation: rotate training windows by a uniform random angle about z.
         augment_translation: half-width of the uniform random translation, m.
+        frame: ``object`` (features and outputs in the frame of keypoints 0 -> 1)
+            or ``world`` (world axes; rotation equivariance only from augmentation).
     """
 
     name = "keypoint"
@@ -74,12 +90,17 @@ class KeypointDynamics(DynamicsModel):
         activation: str = "silu",
         augment_rotation: bool = True,
         augment_translation: float = 0.05,
+        frame: str = "object",
     ):
         super().__init__()
         if num_keypoints < 1:
             raise ValueError(f"num_keypoints must be >= 1, got {num_keypoints}")
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        if frame not in ("object", "world"):
+            raise ValueError(f"frame must be 'object' or 'world', got {frame!r}")
+        if frame == "object" and (num_keypoints < 2 or action_dim != 2):
+            raise ValueError("the object frame needs >= 2 keypoints and planar actions (action_dim=2)")
         if augment_rotation and action_dim != 2:
             raise ValueError("rotation augmentation needs planar actions (action_dim=2)")
         self.num_keypoints = int(num_keypoints)
@@ -89,6 +110,7 @@ class KeypointDynamics(DynamicsModel):
         self.activation = activation
         self.augment_rotation = bool(augment_rotation)
         self.augment_translation = float(augment_translation)
+        self.frame = frame
         self.state_dim = 2 * self.num_keypoints + 2
         self.feature_dim = 2 * (self.num_keypoints - 1) + 2 + self.action_dim
 
@@ -115,6 +137,7 @@ class KeypointDynamics(DynamicsModel):
             "activation": self.activation,
             "augment_rotation": self.augment_rotation,
             "augment_translation": self.augment_translation,
+            "frame": self.frame,
         }
 
     @classmethod
@@ -155,18 +178,54 @@ class KeypointDynamics(DynamicsModel):
             raise ValueError(f"pusher must be [{kp.shape[0]}, 2], got {tuple(pusher.shape)}")
         return torch.cat([kp.flatten(1), pusher], dim=-1)
 
+    def _frame(self, state: torch.Tensor) -> torch.Tensor | None:
+        """Rotation [..., 2, 2] from the object frame to world axes for state [..., D], or None.
+
+        The object frame's x axis points from keypoint 0 to keypoint 1; its
+        columns are (x axis, y axis).  A row vector ``p`` (world) is ``p @ R``
+        in the object frame; ``q @ R.mT`` maps it back."""
+        if self.frame != "object":
+            return None
+        v = state[..., 2:4] - state[..., 0:2]
+        v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+        c, s = v[..., 0], v[..., 1]
+        return torch.stack([c, -s, s, c], dim=-1).unflatten(-1, (2, 2))
+
     def features(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """state [..., D], action [..., du] -> un-normalised MLP input [..., F]."""
-        kp = self.state_keypoints(state)
-        ref = kp[..., 0, :]
-        rel = (kp[..., 1:, :] - ref.unsqueeze(-2)).flatten(-2)
-        rel_pusher = self.state_pusher(state) - ref
-        return torch.cat([rel, rel_pusher, action], dim=-1)
+        """state [..., D], action [..., du] -> un-normalised MLP input [..., F].
+
+        Keypoints 1.. and the pusher relative to keypoint 0, and the action; in
+        the object frame when ``frame == "object"``, else in world axes."""
+        pts = state.unflatten(-1, (self.num_keypoints + 1, 2))
+        rel = pts[..., 1:, :] - pts[..., :1, :]  # keypoints 1.. and pusher: [..., K, 2]
+        rot = self._frame(state)
+        if rot is None:
+            return torch.cat([rel.flatten(-2), action], dim=-1)
+        local = torch.cat([rel, action.unsqueeze(-2)], dim=-2) @ rot  # [..., K+1, 2]
+        return local.flatten(-2)
+
+    def _to_frame(self, delta: torch.Tensor, state: torch.Tensor, inverse: bool) -> torch.Tensor:
+        """A state change [..., D] from the object frame of ``state`` to world axes
+        (``inverse``: world to object frame); the identity in the world frame."""
+        rot = self._frame(state)
+        if rot is None:
+            return delta
+        pts = delta.unflatten(-1, (self.num_keypoints + 1, 2))
+        return (pts @ (rot if inverse else rot.mT)).flatten(-2)
 
     def step(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """One control step: state [N, D], action [N, du] -> next state [N, D]."""
-        x = (self.features(state, action) - self.in_mean) / self.in_std
-        return state + self.net(x) * self.out_std + self.out_mean
+        rot = self._frame(state)
+        pts = state.unflatten(-1, (self.num_keypoints + 1, 2))
+        rel = pts[..., 1:, :] - pts[..., :1, :]
+        if rot is None:
+            x = torch.cat([rel.flatten(-2), action], dim=-1)
+        else:
+            x = (torch.cat([rel, action.unsqueeze(-2)], dim=-2) @ rot).flatten(-2)
+        delta = self.net((x - self.in_mean) / self.in_std) * self.out_std + self.out_mean
+        if rot is not None:
+            delta = (delta.unflatten(-1, (self.num_keypoints + 1, 2)) @ rot.mT).flatten(-2)
+        return state + delta
 
     def rollout(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """state [N, D] (or [1, D] / [D], broadcast), actions [N, H, du] -> states [N, H, D].
@@ -244,11 +303,16 @@ class KeypointDynamics(DynamicsModel):
         s1 = s[:, 1:].reshape(-1, self.state_dim)
         a0 = a.reshape(-1, self.action_dim)
         x = self.features(s0, a0)
-        delta = s1 - s0
+        delta = self._to_frame(s1 - s0, s0, inverse=True)
         self.in_mean.copy_(x.mean(0))
-        self.in_std.copy_(x.std(0).clamp_min(_MIN_STD))
+        self.in_std.copy_(x.std(0).clamp_min(_MIN_IN_STD))
         self.out_mean.copy_(delta.mean(0))
-        self.out_std.copy_(delta.std(0).clamp_min(_MIN_STD))
+        self.out_std.copy_(delta.std(0).clamp_min(_MIN_OUT_STD))
+
+    def loss_scale(self) -> torch.Tensor:
+        """[D]: per-point isotropic scale of one step's change (RMS of the x and y ``out_std``), m."""
+        per_point = self.out_std.view(self.num_keypoints + 1, 2).pow(2).mean(-1).sqrt()
+        return per_point.repeat_interleave(2)
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Multi-step open-loop loss.
@@ -256,13 +320,13 @@ class KeypointDynamics(DynamicsModel):
         batch["states"] [B, S+1, D], batch["actions"] [B, S, du]: the model is
         rolled out from ``states[:, 0]`` over all S actions; the loss is the
         mean over steps, windows and state dims of the squared error divided by
-        ``out_std`` (one-step change scale).  Augmented while ``self.training``."""
+        ``loss_scale()`` (one-step change scale).  Augmented while ``self.training``."""
         states, actions = batch["states"], batch["actions"]
         if self.training and (self.augment_rotation or self.augment_translation > 0):
             states, actions = self.augment(states, actions)
         pred = self.rollout(states[:, 0], actions)
         target = states[:, 1:]
-        loss = ((pred - target) / self.out_std).pow(2).mean()
+        loss = ((pred - target) / self.loss_scale()).pow(2).mean()
         with torch.no_grad():
             err = self.position_error(pred, target).mean(0)  # [S]
         info = {"loss": float(loss.detach()), "err_1step_m": float(err[0])}

@@ -96,7 +96,7 @@ def resolve_checkpoint(spec: str | os.PathLike) -> Path:
             raise UserError(f"no checkpoint in run directory {path} (expected {ckpt}; run `mbrl train --out {path}`)")
         return ckpt
     if not path.exists():
-        raise UserError(f"checkpoint {path} does not exist")
+        raise UserError(f"{path} does not exist (expected a run directory, a checkpoint file or pretrained:NAME)")
     if not path.is_file():
         raise UserError(f"checkpoint {path} is not a file")
     return path
@@ -143,6 +143,12 @@ def load_model(path_or_run: str | os.PathLike, device: str | torch.device = "cpu
     """A checkpoint file, run directory or ``pretrained:NAME`` -> ``(model in eval mode on device, checkpoint dict)``."""
     ckpt, path = read_checkpoint(path_or_run, device)
     return model_from_checkpoint(ckpt, device, path), ckpt
+
+
+def export_model(path_or_run: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy a checkpoint without its training state (e.g. into ``mbrl/pretrained/NAME/``)."""
+    model, ckpt = load_model(path_or_run, "cpu")
+    return save_checkpoint(dest, model, dataset_meta=ckpt["dataset_meta"], train_state=None)
 
 
 def check_model_for_env(model: DynamicsModel, env_name: str, checkpoint: dict | None = None) -> None:

@@ -37,6 +37,10 @@ from mbrl.store import load_dataset, write_json_atomic
 LOG_NAME = "log.csv"
 CONFIG_NAME = "config.json"
 TENSORBOARD_DIR = "tensorboard"
+# A small dataset (the demo's 150 episodes: ~20 batches) gives too few optimiser
+# steps per pass to train in a handful of epochs; such an epoch makes several
+# passes (each freshly shuffled and augmented) to reach this many steps.
+MIN_STEPS_PER_EPOCH = 100
 LOG_FIELDS = ["epoch", "train_loss", "val_loss", "val_err_1step_m", "val_err_5step_m", "seconds"]
 
 
@@ -130,6 +134,9 @@ def run_training(cfg: TrainConfig) -> Path:
         known = {f.name for f in fields(TrainConfig)}
         saved = {k: v for k, v in ts["train_config"].items() if k in known}
         cfg = replace(TrainConfig(**saved), epochs=cfg.epochs, device=cfg.device, out=cfg.out, resume=True)
+        abs_data = (resume_ckpt.get("dataset_meta") or {}).get("dataset_path")
+        if abs_data and Path(abs_data).is_dir():  # the saved path may be relative to another cwd
+            cfg = replace(cfg, data=abs_data)
         done = int(ts["epoch"])
         if cfg.epochs <= done:
             print(f"{run}: already trained for {done} epoch(s) (--epochs {cfg.epochs}); nothing to do", file=sys.stderr)
@@ -152,6 +159,14 @@ def run_training(cfg: TrainConfig) -> Path:
             f"model '{cfg.model}' is for {', '.join(cls.env_names)}, but dataset {cfg.data} is from {env}"
         )
     num_train = split_episodes(len(episodes), cfg.val_fraction)
+    if resume_ckpt is not None:
+        # Keep the run's split even if the dataset has grown since.
+        saved_train = int(((resume_ckpt.get("dataset_meta") or {}).get("split") or {}).get("num_train", num_train))
+        if saved_train >= len(episodes):
+            raise UserError(
+                f"dataset {cfg.data} has {len(episodes)} episodes; the run was trained on the first {saved_train}"
+            )
+        num_train = saved_train
 
     torch.manual_seed(cfg.seed)
     if resume_ckpt is not None:
@@ -195,6 +210,10 @@ def run_training(cfg: TrainConfig) -> Path:
         if "shuffle" in rng:
             shuffle.set_state(rng["shuffle"].cpu())
 
+    n_windows = int(train_w["states"].shape[0])
+    min_steps = int(getattr(cfg, "min_steps_per_epoch", MIN_STEPS_PER_EPOCH))
+    passes = max(1, math.ceil(min_steps / math.ceil(n_windows / cfg.batch_size)))
+
     run.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run / CONFIG_NAME, {
         "train": asdict(cfg),
@@ -202,13 +221,13 @@ def run_training(cfg: TrainConfig) -> Path:
         "model_name": model.name,
         "model_config": model.config(),
         "dataset": {"path": dataset_meta["dataset_path"], "env": env, **dataset_meta["split"]},
-        "windows": {"train": int(train_w["states"].shape[0]), "val": 0 if val_w is None else int(val_w["states"].shape[0])},
+        "windows": {"train": n_windows, "val": 0 if val_w is None else int(val_w["states"].shape[0])},
+        "steps_per_epoch": math.ceil(passes * n_windows / cfg.batch_size),
     })
     _open_log(run / LOG_NAME, done)
     writer = _summary_writer(run, done + 1 if done else None)
 
     # -- epochs ---------------------------------------------------------------------------
-    n_train = train_w["states"].shape[0]
     bar = tqdm(
         range(done + 1, cfg.epochs + 1), initial=done, total=cfg.epochs, desc="train", unit="epoch",
         disable=not sys.stderr.isatty(),
@@ -217,16 +236,19 @@ def run_training(cfg: TrainConfig) -> Path:
         for epoch in bar:
             t0 = time.perf_counter()
             model.train()
-            perm = torch.randperm(n_train, generator=shuffle).to(device)
+            perm = torch.cat([torch.randperm(n_windows, generator=shuffle) for _ in range(passes)]).to(device)
             total = 0.0
-            for i in range(0, n_train, cfg.batch_size):
+            for i in range(0, perm.shape[0], cfg.batch_size):
                 idx = perm[i:i + cfg.batch_size]
                 loss, _ = model.loss({"states": train_w["states"][idx], "actions": train_w["actions"][idx]})
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * idx.shape[0]
-            train_loss = total / n_train
+            train_loss = total / perm.shape[0]
+            if not math.isfinite(train_loss):
+                raise UserError(f"training diverged at epoch {epoch} (loss {train_loss}); lower --lr "
+                                f"(finished epochs are kept in {ckpt_path})")
             val_loss = _mean_loss(model, val_w, 4 * cfg.batch_size) if val_w is not None else float("nan")
             errs = rollout_errors(model, val_eps, (1, 5))
             row = {

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
-from .base import INF, CostFn, Planner, PlannerConfig, _check, _Solution, keep_better, top_sequences
+from .base import INF, CostFn, Planner, PlannerConfig, _check, _Solution, keep_better, mean_std, top_sequences
 
 
 @dataclass
@@ -17,6 +18,7 @@ class CEMConfig(PlannerConfig):
     min_std: float = 0.02  # floor of the std, as a fraction of the half-range
     momentum: float = 0.1  # smoothing of mean and std: new = momentum * old + (1 - momentum) * elite statistic
     include_mean: bool = True  # evaluate the current mean as sample 0 of every batch
+    antithetic: bool = True  # mirrored noise: the second half of the samples uses -eps of the first half
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -42,23 +44,24 @@ class CEM(Planner):
         return max(1, min(population, round(self.cfg.elite_frac * population)))
 
     @torch.no_grad()
-    def _optimize(self, cost_fn: CostFn, start: torch.Tensor) -> _Solution:
+    def _optimize(self, cost_fn: CostFn, start: Tensor) -> _Solution:
         cfg, N = self.cfg, self.num_samples
         k = self.n_elites(N)
         mean = start  # [H, du]
-        std = (cfg.init_std * self.half).expand_as(start)  # [H, du]
-        min_std = cfg.min_std * self.half  # [du]
+        std = cfg.init_std * self.half_hd  # [H, du]
+        min_std = cfg.min_std * self.half_hd  # [H, du]
         best_cost, best_U = torch.tensor(INF, device=self.device), start
         history = []
         for _ in range(cfg.iterations):
-            U = self.clamp(self._randn(N, self.horizon, self.du).mul_(std).add_(mean))  # [N, H, du]
+            noise = self._randn(N, self.horizon, self.du, antithetic=cfg.antithetic)  # [N, H, du]
+            U = self.clamp(torch.addcmul(mean, noise, std))
             if cfg.include_mean:
                 U[0] = mean
             costs = self._evaluate(cost_fn, U)  # [N]
             top_c, top_U = top_sequences(costs, U, max(k, cfg.num_display))  # best first
             best_cost, best_U = keep_better(best_cost, best_U, top_c[0], top_U[0])
             history.append(best_cost)
-            elite_std, elite_mean = torch.std_mean(top_U[:k], dim=0, correction=0)  # [H, du] each
+            elite_mean, elite_std = mean_std(top_U[:k])  # [H, du] each
             mean = torch.lerp(elite_mean, mean, cfg.momentum)
             std = torch.lerp(elite_std, std, cfg.momentum).clamp_(min=min_std)
-        return _Solution(best_U, best_cost, top_U[: cfg.num_display], history)
+        return _Solution(best_U, best_cost, top_U[: cfg.num_display], history, warm=mean)

@@ -1,10 +1,13 @@
 """push-box: push a 10 cm box to a goal pose (position and yaw) with a cylinder.
 
 Action: planar pusher displacement per control step, metres, in
-``[-max_push, max_push]^2``. The pusher is velocity-servoed: a displacement
-``a`` is held as the velocity ``a / control_dt`` for the ``n_substeps`` physics
-steps of one control step, which ``mujoco.rollout`` reproduces exactly (the
-oracle relies on it).
+``[-max_push, max_push]^2``. The pusher is stiffly velocity-servoed, and a
+commanded velocity moves it from the next physics step on. A displacement ``a``
+is therefore commanded as the velocity ``a / ((n - 1) dt)`` for the first
+``n - 1`` of the ``n_substeps`` physics steps and zero for the last: the pusher
+moves exactly ``a`` and ends every control step at rest, so no pusher velocity
+hides in the state between steps. ``mujoco.rollout`` reproduces the same
+controls exactly (the oracle relies on it).
 
 Observation (dict):
     keypoints  [5, 3]  box centre then 4 corners at mid-height, world frame, m
@@ -178,10 +181,17 @@ class PushBoxEnv(gym.Env):
         p, q = self.data.mocap_pos[self._goal_mocap], self.data.mocap_quat[self._goal_mocap]
         return np.array([p[0], p[1], float(yaw_from_quat(q))])
 
+    def move_velocity(self, actions: np.ndarray) -> np.ndarray:
+        """Displacement(s) [..., 2] -> the velocity commanded for the moving substeps, m/s."""
+        return np.asarray(actions, dtype=np.float64) / ((self.n_substeps - 1) * self.model.opt.timestep)
+
     def controls_for(self, actions: np.ndarray) -> np.ndarray:
         """Pusher displacements [..., H, 2] -> actuator controls [..., H * n_substeps, 2]."""
-        velocity = np.asarray(actions, dtype=np.float64) / self.config.control_dt
-        return np.repeat(velocity, self.n_substeps, axis=-2)
+        velocity = self.move_velocity(actions)[..., None, :]  # [..., H, 1, 2]
+        profile = np.ones(self.n_substeps)
+        profile[-1] = 0.0  # rest on the last substep
+        controls = velocity * profile[:, None]  # [..., H, n, 2]
+        return controls.reshape(*controls.shape[:-3], -1, 2)
 
     def check_action(self, action) -> np.ndarray:
         a = np.asarray(action, dtype=np.float64)
@@ -196,8 +206,10 @@ class PushBoxEnv(gym.Env):
 
     def step(self, action):
         a = self.check_action(action)
-        self.data.ctrl[:] = a / self.config.control_dt
-        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
+        self.data.ctrl[:] = self.move_velocity(a)
+        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps - 1)
+        self.data.ctrl[:] = 0.0
+        mujoco.mj_step(self.model, self.data)
         self._steps += 1
         pos_err, yaw_err = self.goal_errors()
         reward = -(pos_err + 0.05 * yaw_err)

@@ -1,0 +1,182 @@
+"""mbrl.training and mbrl.checkpoints on a toy pushing dataset (real entry points, tiny budgets)."""
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynamics_models.toy import pushing_episodes
+from mbrl import checkpoints, store, training
+from mbrl.checkpoints import check_model_for_env, export_model, load_model
+from mbrl.configs import TrainConfig
+from mbrl.errors import UserError
+from mbrl.evaluation import episode_tensors, rollout_errors
+from mbrl.training import run_training
+
+EPISODES, STEPS = 30, 16
+
+
+def write_toy_dataset(root: Path, n: int = EPISODES, steps: int = STEPS, seed: int = 0, env: str = "push-box") -> Path:
+    for i, ep in enumerate(pushing_episodes(n, steps, seed=seed)):
+        store.write_episode(root, i, ep)
+    store.write_json_atomic(root / store.META_NAME, {"schema_version": store.SCHEMA_VERSION, "env": env, "seed": seed})
+    return root
+
+
+def train_cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), epochs=3, batch_size=64, lr=2e-3, rollout_steps=3,
+                val_fraction=0.2, device="cpu", seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"))
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "kp"
+    path = run_training(train_cfg(data, out))
+    assert path == out / "checkpoint.pt"
+    return out
+
+
+def read_log(run: Path) -> list[dict]:
+    with open(run / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_directory(run):
+    assert [int(r["epoch"]) for r in read_log(run)] == [1, 2, 3]
+    row = read_log(run)[-1]
+    assert set(row) == set(training.LOG_FIELDS)
+    assert float(row["val_err_5step_m"]) > 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["epochs"] == 3 and cfg["model_name"] == "keypoint"
+    assert cfg["dataset"]["num_train"] == 24 and cfg["dataset"]["num_val"] == 6
+    assert any((run / "tensorboard").glob("events.out.tfevents.*"))
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["format_version"] == 1 and ckpt["model_name"] == "keypoint"
+    assert ckpt["dataset_meta"]["env"] == "push-box"
+    assert ckpt["dataset_meta"]["split"]["num_train"] == 24
+    assert ckpt["train_state"]["epoch"] == 3 and "optimizer" in ckpt["train_state"]
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_trained_model_beats_do_nothing_baseline(run, data):
+    model, _ = load_model(run, "cpu")
+    _, episodes = store.load_dataset(data, keys=model.dataset_keys)
+    errs = rollout_errors(model, episode_tensors(model, episodes[24:]), (1, 5))
+    assert errs[5]["baseline"] / errs[5]["model"] > 3, errs
+    assert errs[1]["baseline"] / errs[1]["model"] > 2, errs
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(run, tmp_path):
+    model, ckpt = load_model(run, "cpu")
+    same, _ = load_model(run / "checkpoint.pt", "cpu")
+    copy = export_model(run, tmp_path / "export.pt")
+    exported, ckpt2 = load_model(copy, "cpu")
+    assert ckpt2["train_state"] is None and ckpt2["model_config"] == model.config()
+    s0 = torch.tensor([[0.0, 0, .05, .05, -.05, .05, -.05, -.05, .05, -.05, .09, 0.01]])
+    u = torch.rand(16, 6, 2) * 0.06 - 0.03
+    with torch.no_grad():
+        ref = model.rollout(s0, u)
+        assert torch.equal(ref, same.rollout(s0, u))
+        assert torch.equal(ref, exported.rollout(s0, u))
+    assert not model.training
+
+
+def test_resume_continues_from_saved_epoch(run, tmp_path):
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    # a row written after the last checkpoint (killed between the two) must not survive
+    with open(resumed / "log.csv", "a") as f:
+        f.write("4,1,1,1,1,1\n")
+    run_training(train_cfg("ignored-on-resume", resumed, epochs=4, resume=True))
+    assert [int(r["epoch"]) for r in read_log(resumed)] == [1, 2, 3, 4]
+    assert torch.load(resumed / "checkpoint.pt", weights_only=True)["train_state"]["epoch"] == 4
+    # already done: nothing changes
+    before = (resumed / "checkpoint.pt").read_bytes()
+    run_training(train_cfg("ignored-on-resume", resumed, epochs=2, resume=True))
+    assert (resumed / "checkpoint.pt").read_bytes() == before
+    assert len(read_log(resumed)) == 4
+
+
+def test_resume_reproduces_an_uninterrupted_run(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "MIN_STEPS_PER_EPOCH", 5)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run_training(train_cfg(data, straight, epochs=2))
+    run_training(train_cfg(data, split, epochs=1))
+    run_training(train_cfg(data, split, epochs=2, resume=True))
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)["state_dict"]
+    b = torch.load(split / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_needs_resume(run, data):
+    with pytest.raises(UserError, match="--resume"):
+        run_training(train_cfg(data, run))
+
+
+def test_resume_without_checkpoint(data, tmp_path):
+    with pytest.raises(UserError, match="nothing to resume"):
+        run_training(train_cfg(data, tmp_path / "new", resume=True))
+
+
+def test_dataset_of_another_env_is_refused(tmp_path):
+    other = write_toy_dataset(tmp_path / "pile", n=4, steps=6, env="pile")
+    with pytest.raises(UserError, match="is for push-box.*pile"):
+        run_training(train_cfg(other, tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("lr", -1.0), ("batch_size", 0),
+                                         ("rollout_steps", 0), ("val_fraction", 1.0), ("model", "nope")])
+def test_bad_options(data, tmp_path, field, value):
+    with pytest.raises(UserError):
+        run_training(train_cfg(data, tmp_path / "run", **{field: value}))
+
+
+def test_missing_and_corrupt_checkpoints(run, tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="does not exist"):
+        load_model(tmp_path / "nothing.pt")
+    with pytest.raises(UserError, match="no checkpoint in run directory"):
+        load_model(tmp_path)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(UserError, match="corrupt checkpoint"):
+        load_model(garbage)
+    truncated = tmp_path / "truncated.pt"
+    data = (run / "checkpoint.pt").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="corrupt checkpoint"):
+        load_model(truncated)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    for bad, match in [({**ckpt, "format_version": 99}, "format version 99"),
+                       ({**ckpt, "model_name": "nope"}, "unknown dynamics model"),
+                       ({**ckpt, "model_config": {**ckpt["model_config"], "hidden": 8}}, "weights do not fit"),
+                       ([1, 2, 3], "not a model checkpoint")]:
+        path = tmp_path / "bad.pt"
+        torch.save(bad, path)
+        with pytest.raises(UserError, match=match):
+            load_model(path)
+    monkeypatch.setattr(checkpoints, "PRETRAINED_DIR", tmp_path / "pretrained")
+    with pytest.raises(UserError, match="no pretrained model 'keypoint'"):
+        load_model("pretrained:keypoint")
+    (tmp_path / "pretrained" / "kp").mkdir(parents=True)
+    shutil.copy(run / "checkpoint.pt", tmp_path / "pretrained" / "kp" / "checkpoint.pt")
+    model, _ = load_model("pretrained:kp")
+    assert model.name == "keypoint"
+
+
+def test_check_model_for_env(run):
+    model, ckpt = load_model(run)
+    check_model_for_env(model, "push-box", ckpt)
+    with pytest.raises(UserError, match="model 'keypoint' was trained for push-box, not pile"):
+        check_model_for_env(model, "pile", ckpt)
+    with pytest.raises(UserError, match="model 'keypoint' is for push-box, not pile"):
+        check_model_for_env(model, "pile")
