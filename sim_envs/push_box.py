@@ -4,10 +4,11 @@ Action: planar pusher displacement per control step, metres, in
 ``[-max_push, max_push]^2``. The pusher is stiffly velocity-servoed, and a
 commanded velocity moves it from the next physics step on. A displacement ``a``
 is therefore commanded as the velocity ``a / ((n - 1) dt)`` for the first
-``n - 1`` of the ``n_substeps`` physics steps and zero for the last: the pusher
-moves exactly ``a`` and ends every control step at rest, so no pusher velocity
-hides in the state between steps. ``mujoco.rollout`` reproduces the same
-controls exactly (the oracle relies on it).
+``n - 1`` of the ``n = move_time / dt`` moving physics steps and zero after:
+the pusher moves exactly ``a``. It then rests for ``settle_time`` while a
+pushed box slides to a stop (quasi-static pushing), so every control step ends
+with the scene at rest and positions alone are a Markov state.
+``mujoco.rollout`` reproduces the same controls exactly (the oracle relies on it).
 
 Observation (dict):
     keypoints  [5, 3]  box centre then 4 corners at mid-height, world frame, m
@@ -40,7 +41,8 @@ BOX_KEYPOINTS = np.array(
 @dataclass
 class PushBoxConfig:
     max_push: float = 0.03  # metres per control step, per axis
-    control_dt: float = 0.1  # seconds per control step
+    move_time: float = 0.1  # seconds the pusher moves per control step
+    settle_time: float = 0.15  # seconds the pusher then rests while the box slides to a stop
     max_episode_steps: int = 60  # control steps before truncation
     box_range: float = 0.08  # metres, box initial |x|,|y| bound
     pusher_distance: tuple[float, float] = (0.09, 0.14)  # metres, initial pusher-to-box range
@@ -86,7 +88,9 @@ class PushBoxEnv(gym.Env):
         cfg = self.config
         self.model = mujoco.MjModel.from_xml_path(str(ASSET))
         self.data = mujoco.MjData(self.model)
-        self.n_substeps = int(round(cfg.control_dt / self.model.opt.timestep))
+        dt = self.model.opt.timestep
+        self.n_move = int(round(cfg.move_time / dt))  # physics steps of the moving phase
+        self.n_substeps = self.n_move + int(round(cfg.settle_time / dt))  # physics steps per control step
         self.render_mode = render_mode
         self.camera = Camera(self.model, self.data, "front")
         self._box_qadr = self.model.jnt_qposadr[self.model.joint("box").id]
@@ -183,13 +187,13 @@ class PushBoxEnv(gym.Env):
 
     def move_velocity(self, actions: np.ndarray) -> np.ndarray:
         """Displacement(s) [..., 2] -> the velocity commanded for the moving substeps, m/s."""
-        return np.asarray(actions, dtype=np.float64) / ((self.n_substeps - 1) * self.model.opt.timestep)
+        return np.asarray(actions, dtype=np.float64) / ((self.n_move - 1) * self.model.opt.timestep)
 
     def controls_for(self, actions: np.ndarray) -> np.ndarray:
         """Pusher displacements [..., H, 2] -> actuator controls [..., H * n_substeps, 2]."""
         velocity = self.move_velocity(actions)[..., None, :]  # [..., H, 1, 2]
-        profile = np.ones(self.n_substeps)
-        profile[-1] = 0.0  # rest on the last substep
+        profile = np.zeros(self.n_substeps)
+        profile[: self.n_move - 1] = 1.0  # the velocity takes effect one physics step late
         controls = velocity * profile[:, None]  # [..., H, n, 2]
         return controls.reshape(*controls.shape[:-3], -1, 2)
 
@@ -207,9 +211,9 @@ class PushBoxEnv(gym.Env):
     def step(self, action):
         a = self.check_action(action)
         self.data.ctrl[:] = self.move_velocity(a)
-        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps - 1)
+        mujoco.mj_step(self.model, self.data, nstep=self.n_move - 1)
         self.data.ctrl[:] = 0.0
-        mujoco.mj_step(self.model, self.data)
+        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps - self.n_move + 1)
         self._steps += 1
         pos_err, yaw_err = self.goal_errors()
         reward = -(pos_err + 0.05 * yaw_err)

@@ -57,7 +57,10 @@ def test_pushing_into_the_box_moves_it_and_free_moves_do_not(env):
         env.step(np.array([0.03, 0.0]))
     x, y, yaw = env.box_pose()
     assert x > 0.08 and abs(y) < 0.01 and abs(yaw) < 0.05
-    assert env.pusher_position()[0] == pytest.approx(x - 0.05 - 0.015, abs=0.01)
+    # Quasi-static pushing: the pusher stops after its move and the box slides a little further.
+    gap = (x - 0.05) - (env.pusher_position()[0] + 0.015)
+    assert 0.0 <= gap < 0.03
+    assert np.allclose(env.data.qvel, 0, atol=0.05), "each control step ends with the scene (nearly) at rest"
 
 
 def test_state_round_trip_reproduces_the_future(env):
