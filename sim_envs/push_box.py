@@ -1,14 +1,14 @@
 """push-box: push a 10 cm box to a goal pose (position and yaw) with a cylinder.
 
 Action: planar pusher displacement per control step, metres, in
-``[-max_push, max_push]^2``. The pusher is stiffly velocity-servoed, and a
-commanded velocity moves it from the next physics step on. A displacement ``a``
-is therefore commanded as the velocity ``a / ((n - 1) dt)`` for the first
-``n - 1`` of the ``n = move_time / dt`` moving physics steps and zero after:
-the pusher moves exactly ``a``. It then rests for ``settle_time`` while a
-pushed box slides to a stop (quasi-static pushing), so every control step ends
-with the scene at rest and positions alone are a Markov state.
-``mujoco.rollout`` reproduces the same controls exactly (the oracle relies on it).
+``[-max_push, max_push]^2``. The pusher is velocity-servoed. A displacement
+``a`` becomes a trapezoidal velocity profile over the ``move_time`` physics
+steps (ramps of ``ramp_time``: a velocity step against the box would kick it
+away), scaled so the pusher moves exactly ``a``; the pusher then rests for
+``settle_time`` while a pushed box slides to a stop (quasi-static pushing), so
+every control step ends with the scene at rest and positions alone are a
+Markov state. ``mujoco.rollout`` reproduces the same controls exactly (the
+oracle relies on it).
 
 Observation (dict):
     keypoints  [5, 3]  box centre then 4 corners at mid-height, world frame, m
@@ -42,6 +42,7 @@ BOX_KEYPOINTS = np.array(
 class PushBoxConfig:
     max_push: float = 0.03  # metres per control step, per axis
     move_time: float = 0.1  # seconds the pusher moves per control step
+    ramp_time: float = 0.03  # seconds of the pusher's velocity ramps up and down
     settle_time: float = 0.15  # seconds the pusher then rests while the box slides to a stop
     max_episode_steps: int = 60  # control steps before truncation
     box_range: float = 0.08  # metres, box initial |x|,|y| bound
@@ -91,6 +92,7 @@ class PushBoxEnv(gym.Env):
         dt = self.model.opt.timestep
         self.n_move = int(round(cfg.move_time / dt))  # physics steps of the moving phase
         self.n_substeps = self.n_move + int(round(cfg.settle_time / dt))  # physics steps per control step
+        self.velocity_profile = self._trapezoid(self.n_move, int(round(cfg.ramp_time / dt)))  # [n_substeps]
         self.render_mode = render_mode
         self.camera = Camera(self.model, self.data, "front")
         self._box_qadr = self.model.jnt_qposadr[self.model.joint("box").id]
@@ -185,16 +187,17 @@ class PushBoxEnv(gym.Env):
         p, q = self.data.mocap_pos[self._goal_mocap], self.data.mocap_quat[self._goal_mocap]
         return np.array([p[0], p[1], float(yaw_from_quat(q))])
 
-    def move_velocity(self, actions: np.ndarray) -> np.ndarray:
-        """Displacement(s) [..., 2] -> the velocity commanded for the moving substeps, m/s."""
-        return np.asarray(actions, dtype=np.float64) / ((self.n_move - 1) * self.model.opt.timestep)
+    def _trapezoid(self, n_move: int, n_ramp: int) -> np.ndarray:
+        """Velocity per physics step [n_substeps] for a unit displacement: ramp, cruise, ramp, rest."""
+        up = np.arange(1, n_ramp + 1) / (n_ramp + 1)
+        shape = np.concatenate([up, np.ones(max(n_move - 2 * n_ramp, 1)), up[::-1]])
+        profile = np.zeros(self.n_substeps)
+        profile[: len(shape)] = shape
+        return profile / (profile.sum() * self.model.opt.timestep)
 
     def controls_for(self, actions: np.ndarray) -> np.ndarray:
-        """Pusher displacements [..., H, 2] -> actuator controls [..., H * n_substeps, 2]."""
-        velocity = self.move_velocity(actions)[..., None, :]  # [..., H, 1, 2]
-        profile = np.zeros(self.n_substeps)
-        profile[: self.n_move - 1] = 1.0  # the velocity takes effect one physics step late
-        controls = velocity * profile[:, None]  # [..., H, n, 2]
+        """Pusher displacements [..., H, 2] -> actuator velocity controls [..., H * n_substeps, 2]."""
+        controls = np.asarray(actions, dtype=np.float64)[..., None, :] * self.velocity_profile[:, None]
         return controls.reshape(*controls.shape[:-3], -1, 2)
 
     def check_action(self, action) -> np.ndarray:
@@ -210,10 +213,9 @@ class PushBoxEnv(gym.Env):
 
     def step(self, action):
         a = self.check_action(action)
-        self.data.ctrl[:] = self.move_velocity(a)
-        mujoco.mj_step(self.model, self.data, nstep=self.n_move - 1)
-        self.data.ctrl[:] = 0.0
-        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps - self.n_move + 1)
+        for v in self.velocity_profile:
+            self.data.ctrl[:] = a * v
+            mujoco.mj_step(self.model, self.data)
         self._steps += 1
         pos_err, yaw_err = self.goal_errors()
         reward = -(pos_err + 0.05 * yaw_err)

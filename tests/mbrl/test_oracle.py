@@ -21,7 +21,7 @@ def test_oracle_rollout_matches_stepping_the_env():
         for k in range(8):
             obs, *_ = env.step(actions[i, k].numpy())
             expected = np.concatenate([obs["keypoints"][:, :2].ravel(), obs["pusher"]])
-            np.testing.assert_allclose(predicted[i, k].numpy(), expected, atol=1e-6)
+            np.testing.assert_allclose(predicted[i, k].numpy(), expected, atol=1e-5)  # 10 micrometres
 
 
 def test_cost_prefers_the_sequence_that_brings_the_box_to_the_goal():
