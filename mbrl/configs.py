@@ -24,7 +24,7 @@ class TrainConfig:
     model: str = "keypoint"  # model name in the dynamics_models registry
     data: str = "data/push-box"  # dataset directory written by `mbrl collect`
     out: str = "runs/keypoint"  # run directory: checkpoint.pt, config.json, log.csv, tensorboard/
-    epochs: int = 30  # passes over the training windows
+    epochs: int = 30  # passes over the training windows (each at least 100 optimiser steps)
     batch_size: int = 256  # windows per optimiser step
     lr: float = 1e-3  # Adam learning rate
     rollout_steps: int = 5  # steps of the multi-step training loss

@@ -211,8 +211,7 @@ def run_training(cfg: TrainConfig) -> Path:
             shuffle.set_state(rng["shuffle"].cpu())
 
     n_windows = int(train_w["states"].shape[0])
-    min_steps = int(getattr(cfg, "min_steps_per_epoch", MIN_STEPS_PER_EPOCH))
-    passes = max(1, math.ceil(min_steps / math.ceil(n_windows / cfg.batch_size)))
+    passes = max(1, math.ceil(MIN_STEPS_PER_EPOCH / math.ceil(n_windows / cfg.batch_size)))
 
     run.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run / CONFIG_NAME, {
