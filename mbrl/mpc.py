@@ -75,8 +75,8 @@ def make_predictor(cfg: PlanConfig, env, device: torch.device):
             raise UserError(f"planner {cfg.planner!r} needs gradients; the MuJoCo oracle is not differentiable "
                             f"(use rs, cem, icem or mppi with --model oracle)")
         return OraclePredictor(env)
-    model, _ = load_model(cfg.model, device)
-    check_model_for_env(model, cfg.env)
+    model, checkpoint = load_model(cfg.model, device)
+    check_model_for_env(model, cfg.env, checkpoint)
     return LearnedPredictor(model, device)
 
 

@@ -102,3 +102,17 @@ def test_training_into_an_existing_run_needs_resume(trained):
     r = mbrl("train", "keypoint", "--data", str(data), "--out", str(run), "--epochs", "1")
     assert_one_line_error(r, "--resume")
     assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_model_trained_for_another_env_is_refused(trained, tmp_path):
+    """A checkpoint whose dataset came from another env cannot drive push-box."""
+    import torch
+
+    data, run = trained
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    ckpt["dataset_meta"]["env"] = "pile"
+    other = tmp_path / "other_run"
+    other.mkdir()
+    torch.save(ckpt, other / "checkpoint.pt")
+    r = mbrl("plan", "push-box", "--model", str(other), "--out", str(tmp_path / "p"))
+    assert_one_line_error(r, "trained for pile, not push-box")
