@@ -26,7 +26,7 @@ class TrainConfig:
     out: str = "runs/keypoint"  # run directory: checkpoint.pt, config.json, log.csv, tensorboard/
     epochs: int = 30  # passes over the training windows (each at least 100 optimiser steps)
     batch_size: int = 256  # windows per optimiser step
-    lr: float = 1e-3  # Adam learning rate
+    lr: float = 1e-3  # peak Adam learning rate, cosine-decayed to 5% over the epochs
     rollout_steps: int = 5  # steps of the multi-step training loss
     val_fraction: float = 0.1  # fraction of episodes held out (the last ones by index)
     device: str = "auto"  # auto | cpu | cuda

@@ -41,6 +41,15 @@ TENSORBOARD_DIR = "tensorboard"
 # steps per pass to train in a handful of epochs; such an epoch makes several
 # passes (each freshly shuffled and augmented) to reach this many steps.
 MIN_STEPS_PER_EPOCH = 100
+FINAL_LR_FRACTION = 0.05  # the cosine schedule ends at this fraction of --lr
+
+
+def cosine_lr(peak: float, epoch: int, epochs: int) -> float:
+    """Learning rate of ``epoch`` (1-based): cosine from ``peak`` down to FINAL_LR_FRACTION * peak.
+
+    A function of the epoch alone, so a resumed run continues the same schedule."""
+    progress = (epoch - 1) / max(epochs - 1, 1)
+    return peak * (FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress)))
 LOG_FIELDS = ["epoch", "train_loss", "val_loss", "val_err_1step_m", "val_err_5step_m", "seconds"]
 
 
@@ -234,6 +243,8 @@ def run_training(cfg: TrainConfig) -> Path:
     try:
         for epoch in bar:
             t0 = time.perf_counter()
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(cfg.lr, epoch, cfg.epochs)
             model.train()
             perm = torch.cat([torch.randperm(n_windows, generator=shuffle) for _ in range(passes)]).to(device)
             total = 0.0
