@@ -20,7 +20,7 @@ Where a checkpoint is named: a file, a run directory (``RUN/checkpoint.pt``) or
 from __future__ import annotations
 
 import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import torch
 import dynamics_models
 from dynamics_models import DynamicsModel
 from mbrl.errors import UserError
+from mbrl.store import write_atomic_bytes
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -53,18 +54,9 @@ def save_checkpoint(
         "dataset_meta": dataset_meta,
         "train_state": train_state,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    write_atomic_bytes(path, buf.getvalue())
     return path
 
 
