@@ -15,8 +15,9 @@ NUM_KEYPOINTS = 5
 @dataclass
 class PushBoxCostWeights:
     terminal: float = 5.0  # weight of the last step's keypoint error relative to each other step
-    reach: float = 0.1  # weight of the pusher's distance (m) to the point behind the box, opposite the goal
-    behind: float = 0.07  # m, how far behind the box centre that point lies
+    reach: float = 0.1  # weight of the pusher's polar distance (m) to its pushing spot behind the box
+    contact_radius: float = 0.065  # m, pusher centre to box centre when touching a face (5 + 1.5 cm)
+    clear_radius: float = 0.095  # m, radius at which the pusher circles the box without touching it
     action: float = 0.5  # weight of the squared action norm (m^2): prefers short moves
 
 
@@ -26,18 +27,34 @@ def push_box_cost(states: torch.Tensor, actions: torch.Tensor, goal_keypoints: t
 
     Mean keypoint distance to the goal (m) averaged over the horizon, with the
     last step weighted ``terminal`` times, plus a small action term and a small
-    reach term that draws the pusher behind the box as seen from the goal, where
-    a push moves the box towards the goal (a short horizon cannot see that
-    going round the box pays off)."""
+    reach term that draws the pusher round to the spot behind the box as seen
+    from the goal, where a push moves the box towards the goal (a short horizon
+    cannot see that going round the box pays off)."""
     n, h, _ = states.shape
     keypoints = states[..., : 2 * NUM_KEYPOINTS].reshape(n, h, NUM_KEYPOINTS, 2)
     error = (keypoints - goal_keypoints).norm(dim=-1).mean(dim=-1)  # [N, H]
     step_weights = torch.ones(h, device=states.device, dtype=states.dtype)
     step_weights[-1] = weights.terminal
     task = (error * step_weights).sum(dim=1) / step_weights.sum()
-    centre = keypoints[..., 0, :]
-    to_goal = goal_keypoints[0] - centre  # [N, H, 2]
-    push_from = centre - weights.behind * to_goal / (to_goal.norm(dim=-1, keepdim=True) + 1e-2)
-    reach = (states[..., 2 * NUM_KEYPOINTS:] - push_from).norm(dim=-1).mean(dim=1)
+    reach = pushing_spot_distance(keypoints[..., 0, :], states[..., 2 * NUM_KEYPOINTS:], goal_keypoints[0], weights)
     effort = actions.square().sum(dim=-1).mean(dim=1)
-    return task + weights.reach * reach + weights.action * effort
+    return task + weights.reach * reach.mean(dim=1) + weights.action * effort
+
+
+def pushing_spot_distance(centre: torch.Tensor, pusher: torch.Tensor, goal_centre: torch.Tensor,
+                          weights: PushBoxCostWeights) -> torch.Tensor:
+    """centre, pusher [..., 2], goal_centre [2] -> [...] polar distance (m) to the pushing spot.
+
+    The spot lies behind the box as seen from the goal. Measured in polar
+    coordinates about the box centre (arc length at the contact radius plus
+    the radial gap), the way round the box is downhill all along: a Euclidean
+    distance would have the pusher stuck on the goal side, since its straight
+    line to the spot runs through the box. Away from the spot the radius to
+    keep grows to ``clear_radius`` so that circling does not touch the box."""
+    away = centre - goal_centre  # direction from the goal through the box: [..., 2]
+    rel = pusher - centre
+    cross = away[..., 0] * rel[..., 1] - away[..., 1] * rel[..., 0]
+    angle = torch.atan2(cross.abs(), (away * rel).sum(dim=-1))  # [...] in [0, pi]
+    spread = (angle / 0.5).clamp(max=1.0)
+    radius = weights.contact_radius + (weights.clear_radius - weights.contact_radius) * spread
+    return weights.contact_radius * angle + (rel.norm(dim=-1) - radius).abs()
