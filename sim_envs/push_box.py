@@ -93,6 +93,10 @@ class PushBoxEnv(gym.Env):
         self.n_move = int(round(cfg.move_time / dt))  # physics steps of the moving phase
         self.n_substeps = self.n_move + int(round(cfg.settle_time / dt))  # physics steps per control step
         self.velocity_profile = self._trapezoid(self.n_move, int(round(cfg.ramp_time / dt)))  # [n_substeps]
+        # Runs of equal velocity as (value, physics steps): one mj_step call each.
+        change = np.flatnonzero(np.diff(self.velocity_profile)) + 1
+        bounds = np.concatenate([[0], change, [self.n_substeps]])
+        self._profile_runs = [(self.velocity_profile[b], int(e - b)) for b, e in zip(bounds[:-1], bounds[1:])]
         self.render_mode = render_mode
         self.camera = Camera(self.model, self.data, "front")
         self._box_qadr = self.model.jnt_qposadr[self.model.joint("box").id]
@@ -213,9 +217,9 @@ class PushBoxEnv(gym.Env):
 
     def step(self, action):
         a = self.check_action(action)
-        for v in self.velocity_profile:
+        for v, n in self._profile_runs:
             self.data.ctrl[:] = a * v
-            mujoco.mj_step(self.model, self.data)
+            mujoco.mj_step(self.model, self.data, nstep=n)
         self._steps += 1
         pos_err, yaw_err = self.goal_errors()
         reward = -(pos_err + 0.05 * yaw_err)
