@@ -28,7 +28,7 @@ from mbrl.collect import run_collect
 from mbrl.configs import BenchConfig, CollectConfig
 from mbrl.costs import push_box_cost
 from mbrl.device import resolve_device
-from mbrl.errors import UserError
+from mbrl.errors import UserError, require_at_least, require_choice
 from sim_envs.push_box import keypoints_from_pose
 
 
@@ -190,19 +190,18 @@ def print_planner_table(rows: dict, cfg: BenchConfig, device: torch.device) -> N
 
 
 def run_bench(cfg: BenchConfig) -> dict:
-    if cfg.samples < 1 or cfg.horizon < 1 or cfg.repeats < 1:
-        raise UserError("--samples, --horizon and --repeats must be at least 1")
+    for option, value in (("--samples", cfg.samples), ("--horizon", cfg.horizon), ("--repeats", cfg.repeats)):
+        require_at_least(option, value, 1)
+    require_choice("benchmark", cfg.what, ["planners", "collect"])
     device = resolve_device(cfg.device)
     if cfg.what == "planners":
         result = bench_planners(cfg, device)
         print_planner_table(result, cfg, device)
-    elif cfg.what == "collect":
+    else:
         result = bench_collect(cfg)
         print(f"collect: {result['collect_env_steps_per_s']:.0f} env steps/s with 2 workers "
               f"= {result['collect_physics_steps_per_s']:.0f} physics steps/s; raw mj_step {result['raw_mj_step_per_s']:.0f}"
               f"/s on one thread; ratio {result['physics_ratio']:.2f}")
-    else:
-        raise UserError(f"unknown benchmark {cfg.what!r}; choose planners or collect")
     if cfg.out:
         Path(cfg.out).write_text(json.dumps(result, indent=2))
     return result

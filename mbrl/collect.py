@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 import sim_envs
 from mbrl.configs import CollectConfig
-from mbrl.errors import UserError
+from mbrl.errors import UserError, require_at_least, require_choice
 from mbrl.exploration import PushExploration
 from mbrl.store import META_NAME, SCHEMA_VERSION, finished_indices, read_meta, write_episode, write_json_atomic
 
@@ -79,14 +79,10 @@ def dataset_meta(cfg: CollectConfig, env) -> dict:
 
 
 def check_config(cfg: CollectConfig) -> None:
-    if cfg.episodes < 1:
-        raise UserError(f"--episodes must be at least 1, got {cfg.episodes}")
-    if cfg.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {cfg.steps}")
-    if cfg.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {cfg.workers}")
-    if cfg.env not in sim_envs.available():
-        raise UserError(f"unknown environment {cfg.env!r}; available: {', '.join(sim_envs.available())}")
+    require_at_least("--episodes", cfg.episodes, 1)
+    require_at_least("--steps", cfg.steps, 1)
+    require_at_least("--workers", cfg.workers, 1)
+    require_choice("environment", cfg.env, sim_envs.available())
 
 
 def run_collect(cfg: CollectConfig) -> dict:

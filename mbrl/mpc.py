@@ -21,7 +21,7 @@ from mbrl.checkpoints import check_model_for_env, load_model
 from mbrl.configs import PlanConfig
 from mbrl.costs import push_box_cost
 from mbrl.device import resolve_device
-from mbrl.errors import UserError
+from mbrl.errors import UserError, require_at_least, require_choice
 from mbrl.oracle import PushBoxOracle
 from mbrl.store import write_json_atomic
 from mbrl.video import overlay_plan, plot_costs, write_video
@@ -53,20 +53,12 @@ class OraclePredictor(PushBoxOracle):
 
 
 def check_config(cfg: PlanConfig) -> None:
-    if cfg.episodes < 1:
-        raise UserError(f"--episodes must be at least 1, got {cfg.episodes}")
-    if cfg.horizon < 1:
-        raise UserError(f"--horizon must be at least 1, got {cfg.horizon}")
-    if cfg.samples < 1:
-        raise UserError(f"--samples must be at least 1, got {cfg.samples}")
-    if cfg.max_steps < 1:
-        raise UserError(f"--max-steps must be at least 1, got {cfg.max_steps}")
-    if cfg.iterations < 0:
-        raise UserError(f"--iterations must be 0 (planner default) or more, got {cfg.iterations}")
-    if cfg.env not in sim_envs.available():
-        raise UserError(f"unknown environment {cfg.env!r}; available: {', '.join(sim_envs.available())}")
-    if cfg.planner not in planners.available():
-        raise UserError(f"unknown planner {cfg.planner!r}; available: {', '.join(planners.available())}")
+    for option, value in (("--episodes", cfg.episodes), ("--horizon", cfg.horizon), ("--samples", cfg.samples),
+                          ("--max-steps", cfg.max_steps)):
+        require_at_least(option, value, 1)
+    require_at_least("--iterations (0: the planner's default)", cfg.iterations, 0)
+    require_choice("environment", cfg.env, sim_envs.available())
+    require_choice("planner", cfg.planner, planners.available())
 
 
 def make_predictor(cfg: PlanConfig, env, device: torch.device):

@@ -30,7 +30,7 @@ from dynamics_models import DynamicsModel
 from mbrl.checkpoints import CHECKPOINT_NAME, model_from_checkpoint, read_checkpoint, save_checkpoint
 from mbrl.configs import TrainConfig
 from mbrl.device import resolve_device
-from mbrl.errors import UserError
+from mbrl.errors import UserError, require_at_least
 from mbrl.evaluation import episode_tensors, rollout_errors
 from mbrl.store import load_dataset, write_json_atomic
 
@@ -77,14 +77,11 @@ def make_windows(
 
 
 def _check_config(cfg: TrainConfig) -> None:
-    if cfg.epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {cfg.epochs}")
-    if cfg.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    for option, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size),
+                          ("--rollout-steps", cfg.rollout_steps)):
+        require_at_least(option, value, 1)
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise UserError(f"--lr must be a positive number, got {cfg.lr}")
-    if cfg.rollout_steps < 1:
-        raise UserError(f"--rollout-steps must be >= 1, got {cfg.rollout_steps}")
     if not 0 <= cfg.val_fraction < 1:
         raise UserError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
 
