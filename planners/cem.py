@@ -11,13 +11,14 @@ from .base import INF, CostFn, Planner, PlannerConfig, _check, _Solution, keep_b
 
 
 @dataclass
-class CEMConfig(PlannerConfig):
+class EliteConfig(PlannerConfig):
+    """Fields shared by CEM and iCEM."""
+
     iterations: int = 4  # sample-and-refit rounds per plan call (one cost_fn call each)
-    elite_frac: float = 0.1  # fraction of the population refitted to (at least 1 sequence)
+    elite_frac: float = 0.1  # elites as a fraction of num_samples (at least 1 sequence)
     init_std: float = 0.5  # initial sampling std, as a fraction of the half-range (high - low) / 2
     min_std: float = 0.02  # floor of the std, as a fraction of the half-range
     momentum: float = 0.1  # smoothing of mean and std: new = momentum * old + (1 - momentum) * elite statistic
-    include_mean: bool = True  # evaluate the current mean as sample 0 of every batch
     antithetic: bool = True  # mirrored noise: the second half of the samples uses -eps of the first half
 
     def __post_init__(self) -> None:
@@ -26,6 +27,11 @@ class CEMConfig(PlannerConfig):
         _check(0.0 < self.elite_frac <= 1.0, "elite_frac must be in (0, 1]")
         _check(self.init_std > 0.0 and self.min_std >= 0.0, "init_std must be > 0 and min_std >= 0")
         _check(0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)")
+
+
+@dataclass
+class CEMConfig(EliteConfig):
+    include_mean: bool = True  # evaluate the current mean as sample 0 of every batch
 
 
 class CEM(Planner):

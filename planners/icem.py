@@ -9,27 +9,20 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import INF, CostFn, Planner, PlannerConfig, _check, _Solution, keep_better, mean_std, top_sequences
+from .base import INF, CostFn, Planner, _check, _Solution, keep_better, mean_std, top_sequences
+from .cem import EliteConfig
 
 
 @dataclass
-class ICEMConfig(PlannerConfig):
-    iterations: int = 4  # sample-and-refit rounds per plan call (one cost_fn call each)
-    elite_frac: float = 0.1  # elites as a fraction of num_samples (the same count in every iteration, at least 1)
-    init_std: float = 0.5  # initial sampling std, as a fraction of the half-range (high - low) / 2
-    min_std: float = 0.02  # floor of the std, as a fraction of the half-range
-    momentum: float = 0.1  # smoothing of mean and std: new = momentum * old + (1 - momentum) * elite statistic
+class ICEMConfig(EliteConfig):
+    """The elite count stays the same in every iteration while the population shrinks."""
+
     noise_beta: float = 2.0  # colored noise exponent: power spectrum ~ 1 / f**beta over time (0 = white)
     population_decay: float = 1.25  # population of iteration i = num_samples / decay**i (at least 2 * elites)
     keep_elite_frac: float = 0.3  # fraction of the elites re-evaluated next iteration (and, shifted, next call)
-    antithetic: bool = True  # mirrored noise: the second half of the samples uses -eps of the first half
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.iterations >= 1, "iterations must be >= 1")
-        _check(0.0 < self.elite_frac <= 1.0, "elite_frac must be in (0, 1]")
-        _check(self.init_std > 0.0 and self.min_std >= 0.0, "init_std must be > 0 and min_std >= 0")
-        _check(0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)")
         _check(self.noise_beta >= 0.0, "noise_beta must be >= 0")
         _check(self.population_decay >= 1.0, "population_decay must be >= 1")
         _check(0.0 <= self.keep_elite_frac <= 1.0, "keep_elite_frac must be in [0, 1]")
