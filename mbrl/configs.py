@@ -61,9 +61,9 @@ class PlanConfig:
 @dataclass
 class DemoConfig:
     out: str = "demo_out"  # directory for the demo's dataset, run and plans
-    episodes: int = 150  # episodes collected for the demo model
-    epochs: int = 15  # training epochs of the demo model
-    plan_episodes: int = 3  # MPC episodes with video
+    episodes: int = 300  # episodes collected for the demo model
+    epochs: int = 20  # training epochs of the demo model
+    plan_episodes: int = 4  # MPC episodes with video
     workers: int = 2  # collection worker processes
 
 
