@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = COMMANDS[command][0](**args)
     try:
         run_command(command, cfg)
-    except UserError as e:
+    except (UserError, OSError) as e:  # OSError: a path the user gave cannot be read or written
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -81,6 +81,14 @@ def test_bad_input_gives_one_line_and_nonzero_exit(args, fragment, tmp_path):
     assert_one_line_error(mbrl(*args), fragment)
 
 
+def test_an_unwritable_output_path_is_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    r = mbrl("collect", "push-box", "--episodes", "1", "--out", str(blocker / "data"))
+    assert_one_line_error(r, "a_file")
+    assert blocker.read_text() == "keep me"
+
+
 def test_corrupt_checkpoint_and_dataset_are_reported_and_left_alone(trained, tmp_path):
     data, run = trained
     bad_run = tmp_path / "bad_run"
