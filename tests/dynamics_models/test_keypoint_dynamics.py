@@ -7,7 +7,7 @@ import torch
 
 import dynamics_models
 from dynamics_models.keypoint import KeypointDynamics
-from dynamics_models.toy import pushing_episodes
+from toy_pushing import pushing_episodes
 
 K, D = 5, 12
 

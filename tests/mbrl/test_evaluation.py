@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dynamics_models import make
-from dynamics_models.toy import pushing_episodes
+from toy_pushing import pushing_episodes
 from mbrl import checkpoints, store
 from mbrl.configs import EvalConfig, TrainConfig
 from mbrl.errors import UserError

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynamics_models.toy import pushing_episodes
+from toy_pushing import pushing_episodes
 from mbrl import checkpoints, store, training
 from mbrl.checkpoints import check_model_for_env, export_model, load_model
 from mbrl.configs import TrainConfig
