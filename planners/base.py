@@ -9,6 +9,7 @@ arguments, the warm start and the result.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import numbers
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ def _device(device: Union[str, torch.device]) -> torch.device:
     return dev
 
 
-class Planner:
+class Planner(abc.ABC):
     """Base class: bounds, seeded generator, warm start and the ``plan`` template.
 
     Args:
@@ -188,9 +189,9 @@ class Planner:
 
     # -- for subclasses -------------------------------------------------------
 
+    @abc.abstractmethod
     def _optimize(self, cost_fn: CostFn, start: Tensor) -> _Solution:
         """Optimise from ``start: [H, du]`` (init, warm start or bounds midpoint)."""
-        raise NotImplementedError
 
     def _start(self, init: Optional[Tensor]) -> Tensor:
         """[H, du] initial sequence: ``init`` if given, else the warm start, else the midpoint."""
