@@ -147,7 +147,7 @@ class KeypointDynamics(DynamicsModel):
             "action_dim": int(np.shape(episode["actions"])[-1]),
         }
 
-    # -- state accessors (used by task costs) ------------------------------------
+    # -- state accessors ----------------------------------------------------------
     def state_keypoints(self, states: torch.Tensor) -> torch.Tensor:
         """states [..., D] -> keypoints [..., K, 2] (m, world frame)."""
         k2 = 2 * self.num_keypoints

@@ -118,11 +118,12 @@ def time_mppi_pair(dynamics, running_cost, s0: torch.Tensor, cfg: BenchConfig, m
     of a sequence is the sum of the running cost over the horizon."""
     import pytorch_mppi
 
-    theirs = pytorch_mppi.MPPI(dynamics, running_cost, nx=s0.numel(), noise_sigma=torch.eye(2, device=device) * (0.3 * m) ** 2,
+    noise_std = 0.3  # of the half-range m, for both
+    theirs = pytorch_mppi.MPPI(dynamics, running_cost, nx=s0.numel(), noise_sigma=torch.eye(2, device=device) * (noise_std * m) ** 2,
                                num_samples=cfg.samples, horizon=cfg.horizon, device=device, lambda_=0.1,
                                u_min=torch.full((2,), -m, device=device), u_max=torch.full((2,), m, device=device))
     ours = planners.make("mppi", horizon=cfg.horizon, num_samples=cfg.samples, action_low=[-m, -m], action_high=[m, m],
-                         device=device, iterations=1)
+                         device=device, iterations=1, noise_std=noise_std)
 
     def our_cost(U):  # [N, H, 2] -> [N]
         s, costs = s0.expand(U.shape[0], -1), []

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import json
 import re
 import sys
 
@@ -73,8 +72,10 @@ def run_command(command: str, cfg) -> None:
     elif command == "eval":
         from mbrl.evaluation import run_eval
 
+        from mbrl.evaluation import format_eval
+
         result = run_eval(cfg)
-        print(json.dumps(result["horizons"], indent=1))
+        print(format_eval(result))
         print(f"eval written to {result['path']}")
     elif command == "plan":
         from mbrl.mpc import run_plan

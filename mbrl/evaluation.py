@@ -23,7 +23,7 @@ from mbrl.checkpoints import check_model_for_env, is_pretrained, load_model
 from mbrl.configs import EvalConfig
 from mbrl.device import resolve_device
 from mbrl.errors import UserError
-from mbrl.store import load_dataset, write_json_atomic
+from mbrl.store import finished_indices, load_dataset, write_json_atomic
 
 HORIZONS = (1, 5, 10, 20)
 _CHUNK = 8192  # windows per batched rollout call
@@ -99,14 +99,14 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     dataset_meta = ckpt.get("dataset_meta") or {}
     split_info = dataset_meta.get("split") or {}
-    if _same_dataset(dataset_meta, data_dir, meta) and "num_train" in split_info:
-        num_train = int(split_info["num_train"])
-        if len(episodes) <= num_train:
-            raise UserError(
-                f"dataset {data_dir} has {len(episodes)} episodes and the model was trained on the first "
-                f"{num_train}: none is held out (evaluate on another dataset)"
-            )
-        episodes, split, first = episodes[num_train:], "held-out", num_train
+    if _same_dataset(dataset_meta, data_dir, meta) and "last_train_index" in split_info:
+        last = int(split_info["last_train_index"])
+        indices = sorted(finished_indices(data_dir))  # the order load_dataset returns episodes in
+        episodes = [ep for i, ep in zip(indices, episodes) if i > last]
+        if not episodes:
+            raise UserError(f"dataset {data_dir} has no episode after index {last}, the last one the model "
+                            f"was trained on: none is held out (evaluate on another dataset)")
+        split, first = "held-out", last + 1
     else:
         split, first = "all", 0
 

@@ -31,8 +31,6 @@ from sim_envs.push_box import keypoints_from_pose
 class LearnedPredictor:
     """A trained dynamics model seen from the MPC loop: observe, then batched rollouts."""
 
-    differentiable = True
-
     def __init__(self, model, device: torch.device):
         self.model, self.device = model.to(device).eval(), device
         self.state = None
@@ -85,7 +83,7 @@ def make_planner(cfg: PlanConfig, env, device: torch.device, seed: int):
 def run_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video_dir: Path | None) -> dict:
     """One MPC episode from ``env.reset(seed=seed)``; returns its metrics row."""
     obs, _ = env.reset(seed=seed)
-    planner.reset()
+    planner.reset(seed=seed)  # an episode's result does not depend on the episodes before it
     device = planner.device
     goal_kp = torch.as_tensor(keypoints_from_pose(env.goal[:2], np.asarray(env.goal[2])), dtype=torch.float32, device=device)
     plan_ms, planned_costs, frames = [], [], []
@@ -139,13 +137,18 @@ def run_plan(cfg: PlanConfig) -> dict:
     write_json_atomic(out / "config.json", asdict(cfg))
     rows = []
     bar = tqdm(range(cfg.episodes), desc=f"plan {cfg.model} {cfg.planner}", unit="ep", disable=not sys.stderr.isatty())
-    for i in bar:
-        rows.append(run_episode(cfg, env, predictor, planner, cfg.seed + i, out if cfg.video else None))
-        bar.set_postfix(success=f"{np.mean([r['success'] for r in rows]):.2f}")
+    try:
+        for i in bar:
+            rows.append(run_episode(cfg, env, predictor, planner, cfg.seed + i, out if cfg.video else None))
+            bar.set_postfix(success=f"{np.mean([r['success'] for r in rows]):.2f}")
+    finally:
+        if isinstance(predictor, OraclePredictor):
+            predictor.close()
+        env.close()
     metrics = {
         "episodes": rows,
         "success_rate": float(np.mean([r["success"] for r in rows])),
-        "median_plan_ms": statistics.median(r["median_plan_ms"] for r in rows),
+        "median_plan_ms": statistics.median(r["median_plan_ms"] for r in rows),  # median of the episodes' medians
         "mean_final_position_error": float(np.mean([r["final_position_error"] for r in rows])),
         "mean_final_yaw_error": float(np.mean([r["final_yaw_error"] for r in rows])),
         "model": cfg.model,

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from mujoco import rollout
 
-from sim_envs.push_box import keypoints_from_pose, yaw_from_quat
+from sim_envs.push_box import keypoints_from_pose
+
+PHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS  # the state mujoco.rollout starts from
 
 
 class PushBoxOracle:
     """Batched push-box dynamics by simulation; states as the keypoint model's [N, H, 12]."""
-
-    differentiable = False
 
     def __init__(self, env, threads: int | None = None):
         self.env = env
@@ -31,8 +31,10 @@ class PushBoxOracle:
 
     def observe(self) -> None:
         """Take the environment's current physics state (and solver warm start) as the rollout start."""
-        self._state = self.env.get_state()
-        self._warmstart = self.env.data.qacc_warmstart.copy()
+        model, data = self.env.model, self.env.data
+        self._state = np.empty(mujoco.mj_stateSize(model, PHYSICS))
+        mujoco.mj_getState(model, data, self._state, PHYSICS)
+        self._warmstart = data.qacc_warmstart.copy()
 
     def rollout(self, actions: torch.Tensor) -> torch.Tensor:
         """actions [N, H, 2] -> states [N, H, 12] (5 keypoints xy, then pusher xy), on actions' device."""
@@ -40,11 +42,12 @@ class PushBoxOracle:
         controls = self.env.controls_for(actions.detach().cpu().double().numpy())
         initial = np.broadcast_to(self._state, (n, self._state.size))
         warmstart = np.broadcast_to(self._warmstart, (n, self._warmstart.size))
-        _, sensors = self._pool.rollout(self.env.model, self._datas, initial, controls, initial_warmstart=warmstart)
-        # Sensor layout (push_box.xml): box_pos 3, box_quat 4, pusher_pos 3; keep the end of each control step.
-        sensors = sensors[:, self.env.n_substeps - 1::self.env.n_substeps]
-        keypoints = keypoints_from_pose(sensors[..., 0:2], yaw_from_quat(sensors[..., 3:7]))
-        states = np.concatenate([keypoints.reshape(n, h, 10), sensors[..., 7:9]], axis=-1)
+        physics, _ = self._pool.rollout(self.env.model, self._datas, initial, controls, initial_warmstart=warmstart)
+        # The state at the end of each control step; its qpos follows the time entry (mjSTATE_FULLPHYSICS).
+        qpos = physics[:, self.env.n_substeps - 1::self.env.n_substeps, 1:1 + self.env.model.nq]
+        pose = self.env.box_pose_from_qpos(qpos)  # [N, H, 3]
+        keypoints = keypoints_from_pose(pose[..., :2], pose[..., 2])
+        states = np.concatenate([keypoints.reshape(n, h, 10), self.env.pusher_from_qpos(qpos)], axis=-1)
         return torch.as_tensor(states, dtype=torch.float32, device=actions.device)
 
     def close(self) -> None:

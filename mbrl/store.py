@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +106,8 @@ def load_episode(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"corrupt episode file {path}: {e}") from None
+    except Exception as e:  # numpy raises many kinds (zlib.error, BadZipFile, ValueError, ...) on bad bytes
+        raise UserError(f"corrupt episode file {path}: {type(e).__name__}: {e}") from None
 
 
 def load_dataset(root: Path, keys: tuple[str, ...] | None = None) -> tuple[dict, list[dict[str, np.ndarray]]]:

@@ -32,7 +32,7 @@ from mbrl.configs import TrainConfig
 from mbrl.device import resolve_device
 from mbrl.errors import UserError, require_at_least
 from mbrl.evaluation import episode_tensors, rollout_errors
-from mbrl.store import load_dataset, write_json_atomic
+from mbrl.store import finished_indices, load_dataset, write_json_atomic
 
 LOG_NAME = "log.csv"
 CONFIG_NAME = "config.json"
@@ -47,7 +47,9 @@ FINAL_LR_FRACTION = 0.05  # the cosine schedule ends at this fraction of --lr
 def cosine_lr(peak: float, epoch: int, epochs: int) -> float:
     """Learning rate of ``epoch`` (1-based): cosine from ``peak`` down to FINAL_LR_FRACTION * peak.
 
-    A function of the epoch alone, so a resumed run continues the same schedule."""
+    A function of the epoch and ``--epochs`` alone: a run resumed with the same
+    ``--epochs`` continues the same schedule; with more epochs the schedule is
+    stretched to the new end (the learning rate rises a little)."""
     progress = (epoch - 1) / max(epochs - 1, 1)
     return peak * (FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress)))
 LOG_FIELDS = ["epoch", "train_loss", "val_loss", "val_err_1step_m", "val_err_5step_m", "seconds"]
@@ -164,15 +166,18 @@ def run_training(cfg: TrainConfig) -> Path:
         raise UserError(
             f"model '{cfg.model}' is for {', '.join(cls.env_names)}, but dataset {cfg.data} is from {env}"
         )
-    num_train = split_episodes(len(episodes), cfg.val_fraction)
+    # The split is by episode index: training takes the episodes up to ``last_train_index``, so
+    # a dataset completed or grown later keeps its held-out episodes held out.
+    indices = sorted(finished_indices(Path(cfg.data)))
     if resume_ckpt is not None:
-        # Keep the run's split even if the dataset has grown since.
-        saved_train = int(((resume_ckpt.get("dataset_meta") or {}).get("split") or {}).get("num_train", num_train))
-        if saved_train >= len(episodes):
-            raise UserError(
-                f"dataset {cfg.data} has {len(episodes)} episodes; the run was trained on the first {saved_train}"
-            )
-        num_train = saved_train
+        saved_split = (resume_ckpt.get("dataset_meta") or {}).get("split") or {}
+        last_train_index = int(saved_split["last_train_index"])
+    else:
+        last_train_index = indices[split_episodes(len(episodes), cfg.val_fraction) - 1]
+    num_train = sum(i <= last_train_index for i in indices)
+    if num_train >= len(episodes):
+        raise UserError(f"dataset {cfg.data} has no episode after index {last_train_index}, "
+                        f"the last one the run trains on: none is held out")
 
     torch.manual_seed(cfg.seed)
     if resume_ckpt is not None:
@@ -200,6 +205,7 @@ def run_training(cfg: TrainConfig) -> Path:
             "num_episodes": len(tensors),
             "num_train": num_train,
             "num_val": len(tensors) - num_train,
+            "last_train_index": last_train_index,
             "val_fraction": cfg.val_fraction,
         },
     }

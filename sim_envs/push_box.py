@@ -30,6 +30,8 @@ from gymnasium import spaces
 from sim_envs.camera import Camera
 
 ASSET = Path(__file__).parent / "assets" / "push_box.xml"
+STATE_SPEC = (mujoco.mjtState.mjSTATE_FULLPHYSICS | mujoco.mjtState.mjSTATE_MOCAP_POS
+              | mujoco.mjtState.mjSTATE_MOCAP_QUAT)  # get_state/set_state: physics and the goal
 BOX_HALF = 0.05  # metres, half the box side
 PUSHER_RADIUS = 0.015  # metres
 # Keypoints in the box frame: centre then corners (counter-clockwise from +x,+y).
@@ -122,14 +124,14 @@ class PushBoxEnv(gym.Env):
 
     # -- physics state -------------------------------------------------------
     def get_state(self) -> np.ndarray:
-        """Full physics state [nstate] (``mjSTATE_FULLPHYSICS``), goal mocap included."""
-        spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
-        state = np.empty(mujoco.mj_stateSize(self.model, spec))
-        mujoco.mj_getState(self.model, self.data, state, spec)
+        """Full physics state plus the goal's mocap pose [nstate] (``STATE_SPEC``)."""
+        state = np.empty(mujoco.mj_stateSize(self.model, STATE_SPEC))
+        mujoco.mj_getState(self.model, self.data, state, STATE_SPEC)
         return state
 
     def set_state(self, state: np.ndarray) -> None:
-        spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
+        """Restore a ``get_state()`` vector: physics and goal."""
+        spec = STATE_SPEC
         expected = mujoco.mj_stateSize(self.model, spec)
         state = np.asarray(state, dtype=np.float64)
         if state.shape != (expected,):
@@ -140,8 +142,16 @@ class PushBoxEnv(gym.Env):
 
     def box_pose(self) -> np.ndarray:
         """[3]: box x, y (m), yaw (rad)."""
-        q = self.data.qpos[self._box_qadr:self._box_qadr + 7]
-        return np.array([q[0], q[1], float(yaw_from_quat(q[3:7]))])
+        return self.box_pose_from_qpos(self.data.qpos)
+
+    def box_pose_from_qpos(self, qpos: np.ndarray) -> np.ndarray:
+        """qpos [..., nq] -> box pose [..., 3]: x, y (m), yaw (rad)."""
+        q = qpos[..., self._box_qadr:self._box_qadr + 7]
+        return np.concatenate([q[..., :2], yaw_from_quat(q[..., 3:7])[..., None]], axis=-1)
+
+    def pusher_from_qpos(self, qpos: np.ndarray) -> np.ndarray:
+        """qpos [..., nq] -> pusher xy [..., 2], m."""
+        return qpos[..., self._pusher_qadr] + self.model.body_pos[self._pusher_body, :2]
 
     def pusher_position(self) -> np.ndarray:
         return self.data.xpos[self._pusher_body, :2].copy()

@@ -10,18 +10,20 @@ from sim_envs.push_box import keypoints_from_pose
 def test_oracle_rollout_matches_stepping_the_env():
     env = sim_envs.make("push-box")
     env.reset(seed=5)
+    start = env.get_state()
     oracle = PushBoxOracle(env, threads=2)
     actions = torch.rand(6, 8, 2) * 0.06 - 0.03
     actions[2] = torch.tensor([0.03, 0.0])  # likely a push
     predicted = oracle.rollout(actions)
     assert predicted.shape == (6, 8, 12)
     for i in (0, 2, 5):
-        env.set_state(oracle._state)
+        env.set_state(start)
         env.data.qacc_warmstart[:] = oracle._warmstart
         for k in range(8):
             obs, *_ = env.step(actions[i, k].numpy())
             expected = np.concatenate([obs["keypoints"][:, :2].ravel(), obs["pusher"]])
-            np.testing.assert_allclose(predicted[i, k].numpy(), expected, atol=1e-5)  # 10 micrometres
+            # 10 micrometres: multi-threaded rollouts differ from stepping by the contact solver's tolerance
+            np.testing.assert_allclose(predicted[i, k].numpy(), expected, atol=1e-5)
 
 
 def test_cost_prefers_the_sequence_that_brings_the_box_to_the_goal():

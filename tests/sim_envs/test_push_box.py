@@ -73,6 +73,15 @@ def test_state_round_trip_reproduces_the_future(env):
     np.testing.assert_array_equal(np.array(first), np.array(second))
 
 
+def test_set_state_restores_the_goal_too(env):
+    env.reset(seed=1)
+    state, goal, errors = env.get_state(), env.goal.copy(), env.goal_errors()
+    env.reset(seed=2)
+    env.set_state(state)
+    np.testing.assert_allclose(env.goal, goal, atol=1e-12)
+    assert env.goal_errors() == pytest.approx(errors)
+
+
 @pytest.mark.parametrize("action", [[np.nan, 0.0], [0.0, np.inf], [0.05, 0.0], [0.0, -0.031], [0.01, 0.0, 0.0]])
 def test_step_rejects_bad_actions(env, action):
     env.reset(seed=0)
