@@ -8,6 +8,8 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
+MARKER_GROUP = 3  # geom group of visual markers such as the goal
+
 
 class Camera:
     def __init__(self, model: mujoco.MjModel, data: mujoco.MjData, name: str):
@@ -21,18 +23,24 @@ class Camera:
             self._renderers[key] = mujoco.Renderer(self.model, height=height, width=width)
         return self._renderers[key]
 
-    def rgb(self, width: int, height: int) -> np.ndarray:
-        """[height, width, 3] uint8."""
+    def _options(self, show_markers: bool) -> mujoco.MjvOption:
+        """Scene options: geom group 3 holds markers (the goal) that observations must not see."""
+        option = mujoco.MjvOption()
+        option.geomgroup[MARKER_GROUP] = int(show_markers)
+        return option
+
+    def rgb(self, width: int, height: int, show_markers: bool = False) -> np.ndarray:
+        """[height, width, 3] uint8; ``show_markers`` draws geom group 3 (the goal) too."""
         r = self._renderer(width, height)
-        r.update_scene(self.data, camera=self.cam_id)
+        r.update_scene(self.data, camera=self.cam_id, scene_option=self._options(show_markers))
         return r.render().copy()
 
     def depth(self, width: int, height: int) -> np.ndarray:
-        """[height, width] float32, metres along the optical axis."""
+        """[height, width] float32, metres along the optical axis (markers hidden)."""
         r = self._renderer(width, height)
         r.enable_depth_rendering()
         try:
-            r.update_scene(self.data, camera=self.cam_id)
+            r.update_scene(self.data, camera=self.cam_id, scene_option=self._options(False))
             return r.render().astype(np.float32)
         finally:
             r.disable_depth_rendering()

@@ -254,7 +254,8 @@ class PushBoxEnv(gym.Env):
         return obs
 
     def render(self):
-        return self.camera.rgb(self.config.render_width, self.config.render_height)
+        """[render_height, render_width, 3] uint8 camera frame, the goal drawn as a translucent box."""
+        return self.camera.rgb(self.config.render_width, self.config.render_height, show_markers=True)
 
     def close(self):
         self.camera.close()

@@ -104,3 +104,13 @@ def test_camera_projects_the_box_onto_its_pixels(env):
     assert depth[v, u] == pytest.approx(z_cam, abs=0.02)
     K = env.camera.intrinsics(64, 64)
     assert K[0, 2] == 32 and K[1, 2] == 32 and K[0, 0] > 0
+
+
+def test_the_goal_is_drawn_in_render_frames_but_not_in_observations():
+    env = sim_envs.make("push-box", observe_images=True, image_size=64, render_width=64, render_height=64)
+    obs, _ = env.reset(seed=0, options={"box_pose": [0.1, 0.1, 0.0], "pusher": [0.2, 0.2], "goal": [-0.1, -0.05, 0.0]})
+    u, v = np.round(env.camera.project(np.array([[-0.1, -0.05, 0.05]]), 64, 64)[0]).astype(int)
+    r, g, b = env.render()[v, u].astype(int)
+    assert g > r + 20 and g > b + 20, "render() shows the green goal box"
+    r, g, b = obs["rgb"][v, u].astype(int)
+    assert abs(g - r) < 20, "observation images do not show the goal (the table is grey-beige there)"
