@@ -191,23 +191,23 @@ class KeypointDynamics(DynamicsModel):
         c, s = v[..., 0], v[..., 1]
         return torch.stack([c, -s, s, c], dim=-1).unflatten(-1, (2, 2))
 
-    def features(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def features(self, state: torch.Tensor, action: torch.Tensor, rot: torch.Tensor | None = None) -> torch.Tensor:
         """state [..., D], action [..., du] -> un-normalised MLP input [..., F].
 
         Keypoints 1.. and the pusher relative to keypoint 0, and the action; in
-        the object frame when ``frame == "object"``, else in world axes."""
+        the object frame ``rot = self._frame(state)`` (pass it when already
+        computed) when ``frame == "object"``, else in world axes."""
         pts = state.unflatten(-1, (self.num_keypoints + 1, 2))
         rel = pts[..., 1:, :] - pts[..., :1, :]  # keypoints 1.. and pusher: [..., K, 2]
-        rot = self._frame(state)
+        if rot is None:
+            rot = self._frame(state)
         if rot is None:
             return torch.cat([rel.flatten(-2), action], dim=-1)
-        local = torch.cat([rel, action.unsqueeze(-2)], dim=-2) @ rot  # [..., K+1, 2]
-        return local.flatten(-2)
+        return (torch.cat([rel, action.unsqueeze(-2)], dim=-2) @ rot).flatten(-2)  # [..., (K+1)*2]
 
-    def _to_frame(self, delta: torch.Tensor, state: torch.Tensor, inverse: bool) -> torch.Tensor:
-        """A state change [..., D] from the object frame of ``state`` to world axes
-        (``inverse``: world to object frame); the identity in the world frame."""
-        rot = self._frame(state)
+    def _rotate(self, delta: torch.Tensor, rot: torch.Tensor | None, inverse: bool) -> torch.Tensor:
+        """A state change [..., D] from the object frame ``rot`` to world axes
+        (``inverse``: world to object frame); the identity in the world frame (``rot`` None)."""
         if rot is None:
             return delta
         pts = delta.unflatten(-1, (self.num_keypoints + 1, 2))
@@ -216,16 +216,9 @@ class KeypointDynamics(DynamicsModel):
     def step(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """One control step: state [N, D], action [N, du] -> next state [N, D]."""
         rot = self._frame(state)
-        pts = state.unflatten(-1, (self.num_keypoints + 1, 2))
-        rel = pts[..., 1:, :] - pts[..., :1, :]
-        if rot is None:
-            x = torch.cat([rel.flatten(-2), action], dim=-1)
-        else:
-            x = (torch.cat([rel, action.unsqueeze(-2)], dim=-2) @ rot).flatten(-2)
+        x = self.features(state, action, rot)
         delta = self.net((x - self.in_mean) / self.in_std) * self.out_std + self.out_mean
-        if rot is not None:
-            delta = (delta.unflatten(-1, (self.num_keypoints + 1, 2)) @ rot.mT).flatten(-2)
-        return state + delta
+        return state + self._rotate(delta, rot, inverse=False)
 
     def rollout(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """state [N, D] (or [1, D] / [D], broadcast), actions [N, H, du] -> states [N, H, D].
@@ -303,7 +296,7 @@ class KeypointDynamics(DynamicsModel):
         s1 = s[:, 1:].reshape(-1, self.state_dim)
         a0 = a.reshape(-1, self.action_dim)
         x = self.features(s0, a0)
-        delta = self._to_frame(s1 - s0, s0, inverse=True)
+        delta = self._rotate(s1 - s0, self._frame(s0), inverse=True)
         self.in_mean.copy_(x.mean(0))
         self.in_std.copy_(x.std(0).clamp_min(_MIN_IN_STD))
         self.out_mean.copy_(delta.mean(0))

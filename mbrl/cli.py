@@ -76,7 +76,6 @@ def run_command(command: str, cfg) -> None:
 
         result = run_eval(cfg)
         print(format_eval(result))
-        print(f"eval written to {result['path']}")
     elif command == "plan":
         from mbrl.mpc import run_plan
 
