@@ -25,6 +25,14 @@ COMMANDS = {
 }
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one ``error:`` line (see ``--help`` for usage)."""
+
+    def error(self, message: str) -> None:
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def field_docs(cls) -> dict[str, str]:
     """The ``# comment`` after each field in the dataclass source."""
     docs = {}
@@ -49,7 +57,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, positional: str |
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mbrl", description="Model-based manipulation planning with learned dynamics.")
+    parser = OneLineErrorParser(prog="mbrl", description="Model-based manipulation planning with learned dynamics.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (cls, positional, desc) in COMMANDS.items():
         p = sub.add_parser(name, help=desc, description=desc)

@@ -126,3 +126,8 @@ def test_a_model_trained_for_another_env_is_refused(trained, tmp_path):
     torch.save(ckpt, other / "checkpoint.pt")
     r = mbrl("plan", "push-box", "--model", str(other), "--out", str(tmp_path / "p"))
     assert_one_line_error(r, "trained for pile, not push-box")
+
+
+@pytest.mark.parametrize("args", [["plan", "push-box", "--samples", "abc"], ["frobnicate"], []])
+def test_a_malformed_command_line_is_one_line(args):
+    assert_one_line_error(mbrl(*args), "mbrl")
