@@ -64,14 +64,6 @@ def test_population_shrinks_and_elites_are_kept_between_iterations():
     assert p.kept_elites.shape == (p.n_keep, H, 2)
 
 
-def test_finds_the_optimum_within_a_few_calls():
-    target = torch.tensor([[0.3, -0.5]] * H)
-    p = make()
-    for _ in range(5):
-        res = p.plan(quadratic(target))
-    assert (res.actions - target).abs().max() < 0.06
-
-
 def test_reset_forgets_the_kept_elites():
     p = make()
     p.plan(quadratic(torch.zeros(H, 2)))

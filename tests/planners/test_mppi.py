@@ -61,11 +61,3 @@ def test_noise_std_sets_the_perturbation_size():
     cost = Recorder(quadratic(torch.zeros(H, 2)))
     make(noise_std=0.1, iterations=1, action_low=[-2, -2], action_high=[2, 2]).plan(cost)
     assert abs(float(cost.batches[0][1:].std()) - 0.2) < 0.01  # 0.1 of the half-range 2
-
-
-def test_finds_the_optimum_within_a_few_calls():
-    target = torch.tensor([[0.3, -0.5]] * H)
-    p = make()
-    for _ in range(5):
-        res = p.plan(quadratic(target))
-    assert (res.actions - target).abs().max() < 0.06

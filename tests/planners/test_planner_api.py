@@ -258,3 +258,12 @@ def test_cuda_device(name):
     cost = Recorder(quadratic(target))
     res = make(name, device="cuda").plan(cost)
     assert all(b.device.type == "cuda" for b in cost.batches) and res.actions.device.type == "cuda"
+
+
+@pytest.mark.parametrize("name,horizon", [("cem", 6), ("icem", 8), ("mppi", 6)])
+def test_iterative_samplers_find_the_optimum_within_a_few_warm_started_calls(name, horizon):
+    target = torch.tensor([[0.3, -0.5]] * horizon)  # inside the bounds, constant in time (the shift keeps it optimal)
+    p = planners.make(name, horizon=horizon, num_samples=300, action_low=[-1, -1], action_high=[1, 1])
+    for _ in range(5):
+        res = p.plan(quadratic(target))
+    assert (res.actions - target).abs().max() < 0.06
