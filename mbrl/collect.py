@@ -9,6 +9,7 @@ import json
 import multiprocessing as mp
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,15 @@ from tqdm import tqdm
 import sim_envs
 from mbrl.configs import CollectConfig
 from mbrl.errors import UserError, require_at_least, require_choice
-from mbrl.exploration import PushExploration
+from mbrl.exploration import PileExploration, PushExploration
+from mbrl.perception import pile_particles
+from mbrl.tracking import attach, move_with_pieces
 from mbrl.store import META_NAME, SCHEMA_VERSION, finished_indices, read_meta, write_episode, write_json_atomic
 
 
-def run_episode(env, seed: int, steps: int, images: bool) -> dict[str, np.ndarray]:
-    """Roll the exploration policy for ``steps`` control steps; arrays as in mbrl.store."""
+def record_push_box(env, seed: int, steps: int, options: dict) -> dict[str, np.ndarray]:
+    """Roll the push-box exploration policy for ``steps`` control steps; arrays as in mbrl.store."""
+    images = options.get("images", False)
     obs, _ = env.reset(seed=seed)
     policy = PushExploration(np.random.default_rng(seed), env.config.max_push)
     keypoints, pusher, box_pose, actions, rgb = [], [], [], [], []
@@ -51,6 +55,36 @@ def run_episode(env, seed: int, steps: int, images: bool) -> dict[str, np.ndarra
     return out
 
 
+def record_pile(env, seed: int, steps: int, options: dict) -> dict[str, np.ndarray]:
+    """Random pushes through the pile; particles from the first depth image ride on the pieces.
+
+    The episode's particle count is drawn from ``options["particles"]`` (min, max), so
+    one dataset covers every resolution the model will be asked to serve."""
+    rng = np.random.default_rng(seed)
+    obs, _ = env.reset(seed=seed)
+    lo, hi = options["particles"]
+    particles, voxel = pile_particles(env, obs, int(rng.integers(lo, hi + 1)))
+    owner, offset = attach(particles, env.pieces_from_qpos(env.data.qpos))
+    policy = PileExploration(rng, env.config.workspace)
+    poses, pieces, actions = [env.pieces_from_qpos(env.data.qpos)[None]], [obs["pieces"]], []
+    for _ in range(steps):
+        obs, _, _, _, info = env.step(policy(obs))
+        actions.append(info["push"])
+        poses.append(info["waypoint_pieces"])
+        pieces.append(obs["pieces"])
+    return {
+        "particles": move_with_pieces(owner, offset, np.concatenate(poses)).astype(np.float32),  # [T*K+1, m, 3]
+        "pieces": np.asarray(pieces, np.float32),  # [T+1, P, 3]
+        "actions": np.asarray(actions, np.float32),  # [T, 4] pushes as executed (clipped)
+        "voxel_size": np.float32(voxel),
+    }
+
+
+RECORDERS = {"push-box": record_push_box, "pile": record_pile}
+POLICIES = {"push-box": "PushExploration", "pile": "PileExploration"}
+DEFAULT_STEPS = {"push-box": 40, "pile": 10}
+
+
 _worker_env = None
 
 
@@ -59,9 +93,9 @@ def _worker_init(env_name: str, env_overrides: dict) -> None:
     _worker_env = sim_envs.make(env_name, **env_overrides)
 
 
-def _worker_episode(args: tuple[str, int, int, int, bool]) -> int:
-    out, index, seed, steps, images = args
-    write_episode(Path(out), index, run_episode(_worker_env, seed, steps, images))
+def _worker_episode(args: tuple[str, int, int, int, dict]) -> int:
+    out, index, seed, steps, options = args
+    write_episode(Path(out), index, RECORDERS[_worker_env.name](_worker_env, seed, steps, options))
     return steps
 
 
@@ -74,20 +108,37 @@ def dataset_meta(cfg: CollectConfig, env) -> dict:
         "steps_per_episode": cfg.steps,
         "seed": cfg.seed,
         "images": cfg.images,
-        "policy": "PushExploration",
+        "policy": POLICIES[cfg.env],
+        **({"particles": list(parse_particles(cfg.particles))} if cfg.env == "pile" else {}),
     }
+
+
+def parse_particles(text: str) -> tuple[int, int]:
+    """``"MIN:MAX"`` (or one number) -> (min, max) particles per pile episode."""
+    try:
+        lo, _, hi = text.partition(":")
+        lo, hi = int(lo), int(hi or lo)
+    except ValueError:
+        raise UserError(f"--particles must be MIN:MAX or a number, got {text!r}") from None
+    if not 1 <= lo <= hi:
+        raise UserError(f"--particles needs 1 <= MIN <= MAX, got {text!r}")
+    return lo, hi
 
 
 def check_config(cfg: CollectConfig) -> None:
     require_at_least("--episodes", cfg.episodes, 1)
-    require_at_least("--steps", cfg.steps, 1)
+    require_at_least("--steps (0: the environment's default)", cfg.steps, 0)
     require_at_least("--workers", cfg.workers, 1)
     require_choice("environment", cfg.env, sim_envs.available())
+    if cfg.images and cfg.env != "push-box":
+        raise UserError("--images stores 64x64 frames of push-box; the pile dataset keeps particles from depth")
+    parse_particles(cfg.particles)
 
 
 def run_collect(cfg: CollectConfig) -> dict:
     """Fill ``cfg.out`` up to ``cfg.episodes`` episodes; returns throughput figures."""
     check_config(cfg)
+    cfg = replace(cfg, steps=cfg.steps or DEFAULT_STEPS[cfg.env])
     out = Path(cfg.out)
     overrides = {"observe_images": True} if cfg.images else {}
     env = sim_envs.make(cfg.env, **overrides)
@@ -95,15 +146,16 @@ def run_collect(cfg: CollectConfig) -> dict:
     env.close()
     if (out / META_NAME).exists():
         old = read_meta(out)
-        keys = ("env", "env_spec", "steps_per_episode", "seed", "images")
-        diff = [k for k in keys if old.get(k) != meta[k]]
+        keys = ("env", "env_spec", "steps_per_episode", "seed", "images", "particles")
+        diff = [k for k in keys if old.get(k) != meta.get(k)]
         if diff:
             raise UserError(f"{out} holds a dataset collected with different {', '.join(diff)}; choose another --out")
     write_json_atomic(out / META_NAME, meta)
 
     done = finished_indices(out)
     todo = [i for i in range(cfg.episodes) if i not in done]
-    jobs = [(str(out), i, cfg.seed + i, cfg.steps, cfg.images) for i in todo]
+    options = {"images": cfg.images, "particles": parse_particles(cfg.particles)}
+    jobs = [(str(out), i, cfg.seed + i, cfg.steps, options) for i in todo]
     start = time.perf_counter()
     steps = 0
     bar = tqdm(total=cfg.episodes, initial=cfg.episodes - len(todo), desc="collect", unit="ep",

@@ -52,3 +52,44 @@ class PushBoxOracle:
 
     def close(self) -> None:
         self._pool.close()
+
+
+class PileOracle:
+    """Batched pile dynamics by simulation; states as particle-model states [N, H, 4P].
+
+    The "particles" are the piece centres (valid = 1). A push starts by
+    teleporting the raised board, which ``mujoco.rollout`` cannot do mid-run,
+    so H pushes are H chained rollouts, each from the last one's end states."""
+
+    def __init__(self, env, threads: int | None = None):
+        self.env = env
+        self.threads = threads or max(1, min(8, os.cpu_count() or 1))
+        self._pool = rollout.Rollout(nthread=self.threads)
+        self._datas = [mujoco.MjData(env.model) for _ in range(self.threads)]
+        self.observe()
+
+    def observe(self, obs: dict | None = None) -> None:
+        """Take the environment's current physics state as the rollout start."""
+        self._state = self.env.get_state()
+
+    def rollout(self, actions: torch.Tensor) -> torch.Tensor:
+        """pushes [N, H, 4] -> piece states [N, H, 4P] (x, y, z, valid=1 per piece), on actions' device."""
+        from sim_envs.pile import clip_push
+
+        n, h, _ = actions.shape
+        pushes = clip_push(actions.detach().cpu().double().numpy(), self.env.config.max_push_length)
+        state = np.broadcast_to(self._state, (n, self._state.size))
+        warmstart = np.zeros((n, self.env.model.nv))  # every push starts from a cold solver, as in env.step
+        out = []
+        for k in range(h):
+            start = self.env.start_states(state, pushes[:, k])
+            controls = self.env.controls_for(pushes[:, k])
+            physics, _ = self._pool.rollout(self.env.model, self._datas, start, controls,
+                                            initial_warmstart=warmstart)
+            state = physics[:, -1]
+            pieces = self.env.pieces_from_qpos(state[:, 1:1 + self.env.model.nq])[..., :3]  # [N, P, 3]
+            out.append(np.concatenate([pieces, np.ones(pieces.shape[:-1] + (1,))], axis=-1).reshape(n, -1))
+        return torch.as_tensor(np.stack(out, axis=1), dtype=torch.float32, device=actions.device)
+
+    def close(self) -> None:
+        self._pool.close()

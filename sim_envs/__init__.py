@@ -7,9 +7,10 @@ from sim_envs.gl import choose_backend
 
 choose_backend()  # before anything imports mujoco
 
+from sim_envs.pile import PileEnv  # noqa: E402
 from sim_envs.push_box import PushBoxEnv  # noqa: E402
 
-_REGISTRY = {PushBoxEnv.name: PushBoxEnv}
+_REGISTRY = {PushBoxEnv.name: PushBoxEnv, PileEnv.name: PileEnv}
 
 
 def available() -> list[str]:

@@ -101,3 +101,25 @@ def test_collect_refuses_to_mix_datasets(tmp_path):
     with pytest.raises(UserError, match="different"):
         run_collect(CollectConfig(out=str(out), episodes=2, steps=7, workers=1))
     assert read_meta(out)["steps_per_episode"] == 5
+
+
+def test_pile_episodes_hold_particles_from_depth_that_ride_on_the_pieces(tmp_path):
+    out = tmp_path / "pile"
+    run_collect(CollectConfig(env="pile", out=str(out), episodes=2, steps=3, workers=1, seed=5, particles="40:60"))
+    meta, episodes = load_dataset(out)
+    assert meta["env"] == "pile" and meta["steps_per_episode"] == 3 and meta["particles"] == [40, 60]
+    k = meta["env_spec"]["config"]["segments_per_push"]
+    for ep in episodes:
+        t1, m, _ = ep["particles"].shape
+        assert t1 == 3 * k + 1 and 38 <= m <= 62  # the resolution drawn for the episode, within tolerance
+        assert ep["actions"].shape == (3, 4) and ep["pieces"].shape == (4, 40, 3)
+        # at every push boundary each particle (a voxel's centroid) lies on the pieces: within a
+        # voxel of a piece's centre (a cube's half-diagonal is 1.4 cm)
+        for t in range(4):
+            gap = np.linalg.norm(ep["particles"][t * k][:, None] - ep["pieces"][t][None], axis=-1).min(axis=1)
+            assert gap.max() < max(0.016, float(ep["voxel_size"]))
+        assert np.abs(ep["particles"][-1] - ep["particles"][0]).max() > 0.01  # the pushes moved some
+    with pytest.raises(UserError, match="--images"):
+        run_collect(CollectConfig(env="pile", out=str(tmp_path / "x"), episodes=1, images=True))
+    with pytest.raises(UserError, match="--particles"):
+        run_collect(CollectConfig(env="pile", out=str(tmp_path / "x"), episodes=1, particles="9:3"))
