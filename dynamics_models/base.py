@@ -63,6 +63,11 @@ class DynamicsModel(nn.Module, abc.ABC):
         ``fit_normalisation(batch)``: fit input/output statistics on the
             training windows before the first epoch (buffers, so they are
             saved in ``state_dict``).
+        ``steps_per_action``: model steps per env action (1; the particle
+            model takes several segments per push): evaluation and
+            validation roll out whole actions from action boundaries.
+        ``point_sets(states[W, D]) -> [array[m_w, 3]]`` (particle-set models
+            only): the states as point sets, for metrics such as EMD.
 
     Normalisation statistics must be registered buffers: a checkpoint is
     ``{config, state_dict, ...}`` and nothing else is restored.
@@ -71,6 +76,7 @@ class DynamicsModel(nn.Module, abc.ABC):
     name: ClassVar[str] = ""
     env_names: ClassVar[tuple[str, ...]] = ()
     dataset_keys: ClassVar[tuple[str, ...]] = ("actions",)
+    steps_per_action: int = 1
 
     state_dim: int
     action_dim: int

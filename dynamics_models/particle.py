@@ -402,6 +402,16 @@ class ParticleDynamics(DynamicsModel):
         segments = push_to_segments(pushes, k, self.max_push_length).reshape(t * k, 4)
         return self.join_state(pos, valid), segments
 
+    @property
+    def steps_per_action(self) -> int:
+        """Model steps (segments) per env action (push): evaluation rolls out whole pushes."""
+        return self.segments_per_push
+
+    def point_sets(self, states: torch.Tensor) -> list[np.ndarray]:
+        """states [W, 4M] -> the W valid particle sets [m_w, 3] (numpy, m), e.g. for an exact EMD."""
+        pos, valid = self.split_state(states.detach())
+        return [p[v].cpu().numpy() for p, v in zip(pos, valid)]
+
     def position_error(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """pred, target [..., 4M] -> symmetric Chamfer distance [...] (m) between the valid particle sets."""
         p, pv = self.split_state(pred)

@@ -21,7 +21,7 @@ COMMANDS = {
     "eval": (configs.EvalConfig, "run", "multi-step rollout error of a trained model on held-out episodes"),
     "plan": (configs.PlanConfig, "env", "receding-horizon MPC with a model and a planner"),
     "demo": (configs.DemoConfig, None, "collect, train and plan with video, end to end, in a few minutes"),
-    "bench": (configs.BenchConfig, "what", "benchmarks: planners (overhead), collect (steps/s)"),
+    "bench": (configs.BenchConfig, "what", "benchmarks: planners (overhead), collect (steps/s), particle (GNN vs MuJoCo)"),
 }
 
 
@@ -88,7 +88,8 @@ def run_command(command: str, cfg) -> None:
         from mbrl.mpc import run_plan
 
         metrics = run_plan(cfg)
-        print(f"success rate {metrics['success_rate']:.2f} over {len(metrics['episodes'])} episodes, "
+        pile = f"mean fraction in target {metrics['mean_fraction_in_target']:.2f}, " if cfg.env == "pile" else ""
+        print(f"{pile}success rate {metrics['success_rate']:.2f} over {len(metrics['episodes'])} episodes, "
               f"median plan {metrics['median_plan_ms']:.0f} ms; outputs in {cfg.out}")
     elif command == "demo":
         from mbrl.demo import run_demo

@@ -74,7 +74,8 @@ class DemoConfig:
 
 @dataclass
 class BenchConfig:
-    what: str = "planners"  # planners | collect
+    what: str = "planners"  # planners | collect | particle
+    model: str = ""  # particle: the particle model (default pretrained:particle)
     device: str = "auto"  # auto | cpu | cuda
     samples: int = 1000  # samples per planner iteration
     horizon: int = 10  # planning horizon, control steps

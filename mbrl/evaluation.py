@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 
 from dynamics_models import DynamicsModel
@@ -23,10 +24,16 @@ from mbrl.checkpoints import check_model_for_env, is_pretrained, load_model
 from mbrl.configs import EvalConfig
 from mbrl.device import resolve_device
 from mbrl.errors import UserError
+from mbrl.point_metrics import emd
 from mbrl.store import finished_indices, load_dataset, write_json_atomic
 
-HORIZONS = (1, 5, 10, 20)
+HORIZONS = (1, 5, 10, 20)  # env actions: push-box steps, pile pushes
+METRICS = {
+    "keypoint": "mean keypoint position error after h open-loop steps",
+    "particle": "Chamfer distance (and EMD) of predicted to true particles after h open-loop pushes",
+}
 _CHUNK = 8192  # windows per batched rollout call
+EMD_WINDOWS = 400  # particle models: windows per horizon whose EMD is computed (an exact assignment each)
 
 
 def episode_tensors(model: DynamicsModel, episodes: Iterable[dict], source: str = "dataset") -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -45,37 +52,52 @@ def rollout_errors(
     model: DynamicsModel,
     episodes: Sequence[tuple[torch.Tensor, torch.Tensor]],
     horizons: Iterable[int] = HORIZONS,
+    emd_windows: int = 0,
 ) -> dict[int, dict[str, float]]:
-    """Mean h-step open-loop error of ``model`` and of the nothing-moves baseline.
+    """Mean h-action open-loop error of ``model`` and of the nothing-moves baseline.
 
-    episodes: [(states [T+1, D], actions [T, du])].  Returns
-    ``{h: {"model": m, "baseline": b, "ratio": b / m, "windows": n}}`` (metres)
-    for each horizon with at least one window (episodes shorter than h are skipped)."""
+    episodes: [(states [T+1, D], actions [T, du])] in model steps.  A model that
+    takes ``steps_per_action`` steps per env action (the particle model: segments
+    of a push) is rolled out ``h * steps_per_action`` steps from every action
+    boundary.  Returns ``{h: {"model": m, "baseline": b, "ratio": b / m, "windows": n}}``
+    (metres) for each horizon with at least one window (shorter episodes are
+    skipped).  With ``emd_windows`` and a model with ``point_sets`` (particles),
+    "model_emd" and "baseline_emd" (earth mover's distance, m) are added, over at
+    most that many evenly spaced windows."""
+    per_action = getattr(model, "steps_per_action", 1)
     was_training = model.training
     model.eval()
     result: dict[int, dict[str, float]] = {}
     try:
         for h in horizons:
+            steps = h * per_action
             s0, acts, target = [], [], []
             for states, actions in episodes:
                 t = actions.shape[0]
-                if t < h:
+                if t < steps:
                     continue
-                s0.append(states[: t - h + 1])
-                acts.append(actions.unfold(0, h, 1).transpose(1, 2))  # [T-h+1, h, du]
-                target.append(states[h:])
+                s0.append(states[: t - steps + 1: per_action])
+                acts.append(actions.unfold(0, steps, 1).transpose(1, 2)[::per_action])  # [W, steps, du]
+                target.append(states[steps::per_action])
             if not s0:
                 continue
             s0_all, a_all, y_all = torch.cat(s0), torch.cat(acts), torch.cat(target)
             m_sum = b_sum = 0.0
+            preds = []
             for i in range(0, s0_all.shape[0], _CHUNK):
                 x, a, y = s0_all[i:i + _CHUNK], a_all[i:i + _CHUNK], y_all[i:i + _CHUNK]
                 pred = model.rollout(x, a)[:, -1]
                 m_sum += float(model.position_error(pred, y).sum())
                 b_sum += float(model.position_error(x, y).sum())
+                preds.append(pred)
             n = s0_all.shape[0]
             m, b = m_sum / n, b_sum / n
             result[h] = {"model": m, "baseline": b, "ratio": b / m if m > 0 else float("inf"), "windows": n}
+            if emd_windows and hasattr(model, "point_sets"):
+                pick = torch.linspace(0, n - 1, min(n, emd_windows)).round().long().unique()
+                pred_sets, x_sets, y_sets = (model.point_sets(t[pick]) for t in (torch.cat(preds), s0_all, y_all))
+                result[h]["model_emd"] = float(np.mean([emd(p, y) for p, y in zip(pred_sets, y_sets)]))
+                result[h]["baseline_emd"] = float(np.mean([emd(x, y) for x, y in zip(x_sets, y_sets)]))
     finally:
         model.train(was_training)
     return result
@@ -111,7 +133,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         split, first = "all", 0
 
     tensors = episode_tensors(model, episodes, str(data_dir))
-    errors = rollout_errors(model, tensors, HORIZONS)
+    errors = rollout_errors(model, tensors, HORIZONS, emd_windows=EMD_WINDOWS)
     if not errors:
         raise UserError(f"dataset {data_dir}: episodes are too short for any horizon in {HORIZONS}")
     result = {
@@ -123,16 +145,8 @@ def run_eval(cfg: EvalConfig) -> dict:
         "first_episode": first,
         "episodes": len(tensors),
         "unit": "m",
-        "metric": "mean keypoint position error after h open-loop steps",
-        "horizons": {
-            str(h): {
-                "model": e["model"],
-                "baseline": e["baseline"],
-                "ratio": e["ratio"],
-                "windows": e["windows"],
-            }
-            for h, e in errors.items()
-        },
+        "metric": METRICS.get(model.name, "model.position_error after h open-loop actions"),
+        "horizons": {str(h): e for h, e in errors.items()},
         "skipped_horizons": [h for h in HORIZONS if h not in errors],
     }
     if cfg.out:
@@ -154,7 +168,10 @@ def format_eval(result: dict) -> str:
         f"{'h':>4} {'model [m]':>11} {'baseline [m]':>13} {'ratio':>7}",
     ]
     for h, e in result["horizons"].items():
-        lines.append(f"{h:>4} {e['model']:11.4f} {e['baseline']:13.4f} {e['ratio']:7.2f}")
+        line = f"{h:>4} {e['model']:11.4f} {e['baseline']:13.4f} {e['ratio']:7.2f}"
+        if "model_emd" in e:
+            line += f"   EMD {e['model_emd']:.4f} vs {e['baseline_emd']:.4f}"
+        lines.append(line)
     if "path" in result:
         lines.append(f"wrote {result['path']}")
     return "\n".join(lines)

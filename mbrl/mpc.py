@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +23,10 @@ from mbrl.costs import push_box_cost
 from mbrl.device import resolve_device
 from mbrl.errors import UserError, require_at_least, require_choice
 from mbrl.oracle import PushBoxOracle
+from mbrl.pile_mpc import ParticlePredictor, PileOraclePredictor, run_pile_plan
 from mbrl.store import write_json_atomic
 from mbrl.video import overlay_plan, plot_costs, write_video
+from sim_envs.pile import TASKS
 from sim_envs.push_box import keypoints_from_pose
 
 
@@ -50,32 +52,53 @@ class OraclePredictor(PushBoxOracle):
         super().observe()
 
 
-def check_config(cfg: PlanConfig) -> None:
-    for option, value in (("--episodes", cfg.episodes), ("--horizon", cfg.horizon), ("--samples", cfg.samples),
-                          ("--max-steps", cfg.max_steps)):
-        require_at_least(option, value, 1)
-    require_at_least("--iterations (0: the planner's default)", cfg.iterations, 0)
+ENV_DEFAULTS = {  # horizon, samples, max_steps where the command line leaves 0
+    "push-box": {"horizon": 10, "samples": 300, "max_steps": 60},
+    "pile": {"horizon": 1, "samples": 100, "max_steps": 10},
+}
+
+
+def check_config(cfg: PlanConfig) -> PlanConfig:
+    """Validate ``cfg``; returns it with the env's defaults filled in."""
     require_choice("environment", cfg.env, sim_envs.available())
     require_choice("planner", cfg.planner, planners.available())
+    cfg = replace(cfg, **{k: getattr(cfg, k) or v for k, v in ENV_DEFAULTS[cfg.env].items()})
+    require_at_least("--episodes", cfg.episodes, 1)
+    for option in ("horizon", "samples", "max_steps", "iterations"):
+        require_at_least(f"--{option.replace('_', '-')} (0: the default)", getattr(cfg, option), 0)
+    if cfg.env == "pile":
+        require_choice("pile task", cfg.task or "gather", TASKS)
+        if not cfg.plan_budget > 0:
+            raise UserError(f"--plan-budget must be a positive number of seconds, got {cfg.plan_budget}")
+    elif cfg.task:
+        raise UserError(f"--task is for the pile environment; {cfg.env} has one task")
+    return cfg
 
 
 def make_predictor(cfg: PlanConfig, env, device: torch.device):
+    pile = cfg.env == "pile"
     if cfg.model == "oracle":
         if planners.get_class(cfg.planner).needs_gradient:
             raise UserError(f"planner {cfg.planner!r} needs gradients; the MuJoCo oracle is not differentiable "
                             f"(use rs, cem, icem or mppi with --model oracle)")
-        return OraclePredictor(env)
+        return PileOraclePredictor(env) if pile else OraclePredictor(env)
     model, checkpoint = load_model(cfg.model, device)
     check_model_for_env(model, cfg.env, checkpoint)
-    return LearnedPredictor(model, device)
+    return ParticlePredictor(model, env, device) if pile else LearnedPredictor(model, device)
+
+
+# Dyn-Res's gradient planner: Adam from 50 starts, step 0.05 m (our lr is a fraction of the half-range).
+PILE_GRADIENT = {"gd": {"num_starts": 50}, "mppi-gd": {}}
 
 
 def make_planner(cfg: PlanConfig, env, device: torch.device, seed: int):
     overrides = {"iterations": cfg.iterations} if cfg.iterations else {}
-    m = env.config.max_push
+    if cfg.env == "pile" and cfg.planner in PILE_GRADIENT:
+        overrides.update(PILE_GRADIENT[cfg.planner], lr=0.05 / env.config.workspace)
     try:
-        return planners.make(cfg.planner, horizon=cfg.horizon, num_samples=cfg.samples, action_low=[-m, -m],
-                             action_high=[m, m], device=device, seed=seed, **overrides)
+        return planners.make(cfg.planner, horizon=cfg.horizon, num_samples=cfg.samples,
+                             action_low=env.action_space.low.tolist(), action_high=env.action_space.high.tolist(),
+                             device=device, seed=seed, **overrides)
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -127,14 +150,24 @@ def run_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video_dir: 
 
 
 def run_plan(cfg: PlanConfig) -> dict:
-    check_config(cfg)
+    cfg = check_config(cfg)
     device = resolve_device(cfg.device)
-    env = sim_envs.make(cfg.env, max_episode_steps=cfg.max_steps)
+    overrides = {"task": cfg.task} if cfg.task else {}
+    env = sim_envs.make(cfg.env, max_episode_steps=cfg.max_steps, **overrides)
     predictor = make_predictor(cfg, env, device)
-    planner = make_planner(cfg, env, device, cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", asdict(cfg))
+    if cfg.env == "pile":
+        try:
+            metrics = run_pile_plan(cfg, env, predictor, lambda: make_planner(cfg, env, device, cfg.seed), device)
+        finally:
+            if isinstance(predictor, PileOraclePredictor):
+                predictor.close()
+            env.close()
+        write_json_atomic(out / "metrics.json", metrics)
+        return metrics
+    planner = make_planner(cfg, env, device, cfg.seed)
     rows = []
     bar = tqdm(range(cfg.episodes), desc=f"plan {cfg.model} {cfg.planner}", unit="ep", disable=not sys.stderr.isatty())
     try:

@@ -62,3 +62,40 @@ def plot_costs(path: Path, costs: list[float], title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+PARTICLE_COLOUR = (255, 220, 0)
+PUSH_COLOUR = (40, 110, 255)
+PARTICLE_Z = 0.008  # m, drawn height of the pushes (the pieces' mid-height)
+
+
+def overlay_pile(frame: np.ndarray, camera, target: np.ndarray, extent, particles: np.ndarray | None,
+                 push: np.ndarray | None, text: str = "") -> np.ndarray:
+    """frame [h, w, 3] uint8; target mask [G, G] over ``extent``; predicted particles [M, 3] after
+    ``push`` [4] -> annotated frame: target cells tinted green, the push as a blue arrow, the
+    predicted particles as yellow dots."""
+    from sim_envs.targets import cell_centres
+
+    h, w = frame.shape[:2]
+    img = Image.fromarray(frame).convert("RGBA")
+    tint = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(tint)
+    cells = cell_centres(target.shape[0], extent)[target.astype(bool)]
+    half = (extent[1] - extent[0]) / target.shape[0] / 2
+    for c in cells:
+        corners = camera.project(np.array([[c[0] - half, c[1] - half, 0.0], [c[0] + half, c[1] + half, 0.0]]), w, h)
+        (u0, v0), (u1, v1) = corners
+        draw.rectangle([min(u0, u1), min(v0, v1), max(u0, u1), max(v0, v1)], fill=(*GOAL_COLOUR, 70))
+    img = Image.alpha_composite(img, tint).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    if push is not None:
+        ends = camera.project(np.array([[push[0], push[1], PARTICLE_Z], [push[2], push[3], PARTICLE_Z]]), w, h)
+        draw.line([tuple(ends[0]), tuple(ends[1])], fill=PUSH_COLOUR, width=3)
+        u, v = ends[1]
+        draw.ellipse([u - 4, v - 4, u + 4, v + 4], fill=PUSH_COLOUR)
+    if particles is not None and len(particles):
+        for u, v in camera.project(particles, w, h):
+            draw.ellipse([u - 2, v - 2, u + 2, v + 2], fill=PARTICLE_COLOUR)
+    if text:
+        draw.text((4, 4), text, fill=(255, 255, 255))
+    return np.asarray(img)
