@@ -19,8 +19,8 @@ from sim_envs.push_box import keypoints_from_pose
 PHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS  # the state mujoco.rollout starts from
 
 
-class PushBoxOracle:
-    """Batched push-box dynamics by simulation; states as the keypoint model's [N, H, 12]."""
+class _RolloutOracle:
+    """A pool of ``mujoco.rollout`` threads over ``env.model``; subclasses write observe and rollout."""
 
     def __init__(self, env, threads: int | None = None):
         self.env = env
@@ -28,6 +28,16 @@ class PushBoxOracle:
         self._pool = rollout.Rollout(nthread=self.threads)
         self._datas = [mujoco.MjData(env.model) for _ in range(self.threads)]
         self.observe()
+
+    def observe(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class PushBoxOracle(_RolloutOracle):
+    """Batched push-box dynamics by simulation; states as the keypoint model's [N, H, 12]."""
 
     def observe(self) -> None:
         """Take the environment's current physics state (and solver warm start) as the rollout start."""
@@ -50,23 +60,13 @@ class PushBoxOracle:
         states = np.concatenate([keypoints.reshape(n, h, 10), self.env.pusher_from_qpos(qpos)], axis=-1)
         return torch.as_tensor(states, dtype=torch.float32, device=actions.device)
 
-    def close(self) -> None:
-        self._pool.close()
 
-
-class PileOracle:
+class PileOracle(_RolloutOracle):
     """Batched pile dynamics by simulation; states as particle-model states [N, H, 4P].
 
     The "particles" are the piece centres (valid = 1). A push starts by
     teleporting the raised board, which ``mujoco.rollout`` cannot do mid-run,
     so H pushes are H chained rollouts, each from the last one's end states."""
-
-    def __init__(self, env, threads: int | None = None):
-        self.env = env
-        self.threads = threads or max(1, min(8, os.cpu_count() or 1))
-        self._pool = rollout.Rollout(nthread=self.threads)
-        self._datas = [mujoco.MjData(env.model) for _ in range(self.threads)]
-        self.observe()
 
     def observe(self, obs: dict | None = None) -> None:
         """Take the environment's current physics state as the rollout start."""
@@ -90,6 +90,3 @@ class PileOracle:
             pieces = self.env.pieces_from_qpos(state[:, 1:1 + self.env.model.nq])[..., :3]  # [N, P, 3]
             out.append(np.concatenate([pieces, np.ones(pieces.shape[:-1] + (1,))], axis=-1).reshape(n, -1))
         return torch.as_tensor(np.stack(out, axis=1), dtype=torch.float32, device=actions.device)
-
-    def close(self) -> None:
-        self._pool.close()

@@ -114,19 +114,28 @@ class ResolutionPlanner:
         self.seconds[n] = time.perf_counter() - t0
         return result
 
+    def _forecast(self, i: int) -> float:
+        """Seconds a plan at candidate ``i`` will take: its last measured time, else the coarser
+        candidate's scaled by the particle count (the GNN's cost grows about linearly with it)."""
+        n = self.candidates[i]
+        if n in self.seconds or i == 0:
+            return self.seconds.get(n, 0.0)
+        coarser = self.candidates[i - 1]
+        return self.seconds.get(coarser, 0.0) * n / coarser
+
     def plan(self, obs: dict):
-        """-> (PlanResult of the executed plan, resolution used, [(resolution, planned cost)] tried)."""
-        if self.fixed is not None or isinstance(self.predictor, PileOraclePredictor):
-            n = self.fixed or self.candidates[-1]
-            result = self._plan_at(obs, n)
+        """-> (PlanResult of the executed plan, particles used (the oracle: pieces), [(particles, cost)] tried)."""
+        if isinstance(self.predictor, PileOraclePredictor):  # simulates every piece: no resolution to choose
+            n = self.predictor.env.config.num_pieces
+            result = self._plan_at(obs, self.candidates[-1])
             return result, n, [(n, float(result.cost))]
+        if self.fixed is not None:
+            result = self._plan_at(obs, self.fixed)
+            return result, self.fixed, [(self.fixed, float(result.cost))]
         start = time.perf_counter()
         tried = []
         for i, n in enumerate(self.candidates):
-            left = self.budget - (time.perf_counter() - start)
-            forecast = self.seconds.get(n, self.seconds.get(self.candidates[i - 1], 0.0) * n / self.candidates[i - 1]
-                                        if i else 0.0)
-            if tried and forecast > left:
+            if tried and self._forecast(i) > self.budget - (time.perf_counter() - start):
                 break
             tried.append((n, self._plan_at(obs, n)))
         if len(tried) == 1:
