@@ -7,6 +7,7 @@ both. It is not differentiable.
 """
 from __future__ import annotations
 
+import abc
 import os
 
 import mujoco
@@ -19,7 +20,7 @@ from sim_envs.push_box import keypoints_from_pose
 PHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS  # the state mujoco.rollout starts from
 
 
-class _RolloutOracle:
+class _RolloutOracle(abc.ABC):
     """A pool of ``mujoco.rollout`` threads over ``env.model``; subclasses write observe and rollout."""
 
     def __init__(self, env, threads: int | None = None):
@@ -29,8 +30,9 @@ class _RolloutOracle:
         self._datas = [mujoco.MjData(env.model) for _ in range(self.threads)]
         self.observe()
 
+    @abc.abstractmethod
     def observe(self) -> None:
-        raise NotImplementedError
+        """Take the environment's current state as the start of the next rollouts."""
 
     def close(self) -> None:
         self._pool.close()
