@@ -95,10 +95,13 @@ class ResolutionPlanner:
         self.predictor, self.device = predictor, device
         self.region: TargetRegion | None = None  # set per episode
         self.budget = cfg.plan_budget
-        self.planners = {n: make_planner() for n in self.candidates}
+        self.make_planner = make_planner
+        self.planners = {}  # particles -> its own planner (warm start), made when first used
         self.seconds: dict[int, float] = {}  # last measured plan time per resolution
+        self.seed = 0
 
     def reset(self, seed: int) -> None:
+        self.seed = seed
         for p in self.planners.values():
             p.reset(seed=seed)
 
@@ -108,6 +111,9 @@ class ResolutionPlanner:
     def _plan_at(self, obs: dict, n: int):
         t0 = time.perf_counter()
         self.predictor.observe(obs, n)
+        if n not in self.planners:
+            self.planners[n] = self.make_planner()
+            self.planners[n].reset(seed=self.seed)
         result = self.planners[n].plan(self.cost_fn)
         if result.actions.is_cuda:
             torch.cuda.synchronize()

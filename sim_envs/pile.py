@@ -313,7 +313,8 @@ class PileEnv(gym.Env):
         return self._observation(), info["fraction_in_target"], False, truncated, info
 
     def _info(self) -> dict:
-        return {"fraction_in_target": self.fraction_in_target(), "success": self.is_success(),
+        fraction = self.fraction_in_target()
+        return {"fraction_in_target": fraction, "success": fraction >= self.config.success_fraction,
                 "target_chamfer": self.target_chamfer()}
 
     def _observation(self) -> dict:
