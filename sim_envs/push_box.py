@@ -14,8 +14,8 @@ Observation (dict):
     keypoints  [5, 3]  box centre then 4 corners at mid-height, world frame, m
     pusher     [2]     pusher centre, m
     goal       [3]     goal box x, y (m), yaw (rad)
-    rgb        [S, S, 3] uint8, only with ``observe_images=True``
-    depth      [S, S]  float32 metres along the optical axis, only with ``observe_depth=True``
+    rgb        [S, S, 3] uint8 from the overhead camera ``image_camera``, only with ``observe_images=True``
+    depth      [S, S]  float32 metres along its optical axis, only with ``observe_depth=True``
 """
 from __future__ import annotations
 
@@ -100,7 +100,8 @@ class PushBoxEnv(gym.Env):
         bounds = np.concatenate([[0], change, [self.n_substeps]])
         self._profile_runs = [(self.velocity_profile[b], int(e - b)) for b, e in zip(bounds[:-1], bounds[1:])]
         self.render_mode = render_mode
-        self.camera = Camera(self.model, self.data, "front")
+        self.camera = Camera(self.model, self.data, "front")  # render() frames
+        self.image_camera = Camera(self.model, self.data, "top")  # observation rgb / depth, looking straight down
         self._box_qadr = self.model.jnt_qposadr[self.model.joint("box").id]
         self._pusher_qadr = [self.model.jnt_qposadr[self.model.joint(j).id] for j in ("pusher_x", "pusher_y")]
         self._pusher_body = self.model.body("pusher").id
@@ -248,9 +249,9 @@ class PushBoxEnv(gym.Env):
         obs = {"keypoints": kp, "pusher": self.pusher_position(), "goal": self.goal.copy()}
         s = self.config.image_size
         if self.config.observe_images:
-            obs["rgb"] = self.camera.rgb(s, s)
+            obs["rgb"] = self.image_camera.rgb(s, s)
         if self.config.observe_depth:
-            obs["depth"] = self.camera.depth(s, s)
+            obs["depth"] = self.image_camera.depth(s, s)
         return obs
 
     def render(self):
@@ -259,6 +260,7 @@ class PushBoxEnv(gym.Env):
 
     def close(self):
         self.camera.close()
+        self.image_camera.close()
 
     def spec_dict(self) -> dict:
         """Config and observation/action spec, as written into a dataset's meta.json."""

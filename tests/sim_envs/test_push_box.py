@@ -95,14 +95,15 @@ def test_camera_projects_the_box_onto_its_pixels(env):
     env = sim_envs.make("push-box", observe_images=True, observe_depth=True, image_size=64)
     obs, _ = env.reset(seed=1)
     rgb, depth = obs["rgb"], obs["depth"]
-    u, v = np.round(env.camera.project(obs["keypoints"][:1], 64, 64)[0]).astype(int)
+    cam = env.image_camera
+    u, v = np.round(cam.project(obs["keypoints"][:1], 64, 64)[0]).astype(int)
     r, g, b = rgb[v, u].astype(int)
     assert r > g + 40 and r > b + 40, "the box (red) should be at its projected centre"
     # Depth at the box centre matches the camera-frame z of the box's top face, to a pixel's worth.
     top = obs["keypoints"][0] + np.array([0, 0, 0.025])
-    z_cam = (env.camera.extrinsics() @ np.append(top, 1.0))[2]
+    z_cam = (cam.extrinsics() @ np.append(top, 1.0))[2]
     assert depth[v, u] == pytest.approx(z_cam, abs=0.02)
-    K = env.camera.intrinsics(64, 64)
+    K = cam.intrinsics(64, 64)
     assert K[0, 2] == 32 and K[1, 2] == 32 and K[0, 0] > 0
 
 
@@ -112,5 +113,6 @@ def test_the_goal_is_drawn_in_render_frames_but_not_in_observations():
     u, v = np.round(env.camera.project(np.array([[-0.1, -0.05, 0.05]]), 64, 64)[0]).astype(int)
     r, g, b = env.render()[v, u].astype(int)
     assert g > r + 20 and g > b + 20, "render() shows the green goal box"
+    u, v = np.round(env.image_camera.project(np.array([[-0.1, -0.05, 0.05]]), 64, 64)[0]).astype(int)
     r, g, b = obs["rgb"][v, u].astype(int)
     assert abs(g - r) < 20, "observation images do not show the goal (the table is grey-beige there)"
