@@ -17,6 +17,7 @@ from dynamics_models.base import DynamicsModel
 _REGISTRY: dict[str, str] = {
     "keypoint": "dynamics_models.keypoint:KeypointDynamics",
     "particle": "dynamics_models.particle:ParticleDynamics",
+    "pixel": "dynamics_models.pixel:PixelDynamics",
 }
 
 

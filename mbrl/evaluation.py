@@ -24,6 +24,7 @@ from mbrl.checkpoints import check_model_for_env, is_pretrained, load_model
 from mbrl.configs import EvalConfig
 from mbrl.device import resolve_device
 from mbrl.errors import UserError
+from mbrl.image_metrics import psnr, save_strip, ssim
 from mbrl.point_metrics import emd
 from mbrl.store import finished_indices, load_dataset, write_json_atomic
 
@@ -31,8 +32,11 @@ HORIZONS = (1, 5, 10, 20)  # env actions: push-box steps, pile pushes
 METRICS = {
     "keypoint": "mean keypoint position error after h open-loop steps",
     "particle": "Chamfer distance (and EMD) of predicted to true particles after h open-loop pushes",
+    "pixel": "RMS pixel error (intensity in [0, 1], not m), PSNR (dB) and SSIM of the frame predicted "
+             "after h open-loop steps; the baseline copies the last frame",
 }
-_CHUNK = 8192  # windows per batched rollout call
+_CHUNK = 8192  # windows per batched rollout call at most
+_CHUNK_FLOATS = 2 ** 26  # ... and at most this many floats of predicted states per call (image states are big)
 EMD_WINDOWS = 400  # particle models: windows per horizon whose EMD is computed (an exact assignment each)
 
 
@@ -63,7 +67,8 @@ def rollout_errors(
     (metres) for each horizon with at least one window (shorter episodes are
     skipped).  With ``emd_windows`` and a model with ``point_sets`` (particles),
     "model_emd" and "baseline_emd" (earth mover's distance, m) are added, over at
-    most that many evenly spaced windows."""
+    most that many evenly spaced windows.  For a model with ``frames`` (pixels),
+    "model_psnr", "baseline_psnr" (dB) and "model_ssim", "baseline_ssim" are added."""
     per_action = getattr(model, "steps_per_action", 1)
     was_training = model.training
     model.eval()
@@ -82,17 +87,20 @@ def rollout_errors(
             if not s0:
                 continue
             s0_all, a_all, y_all = torch.cat(s0), torch.cat(acts), torch.cat(target)
-            m_sum = b_sum = 0.0
+            sums: dict[str, float] = {}
             preds = []
-            for i in range(0, s0_all.shape[0], _CHUNK):
-                x, a, y = s0_all[i:i + _CHUNK], a_all[i:i + _CHUNK], y_all[i:i + _CHUNK]
+            chunk = max(1, min(_CHUNK, _CHUNK_FLOATS // (steps * s0_all.shape[-1])))
+            for i in range(0, s0_all.shape[0], chunk):
+                x, a, y = s0_all[i:i + chunk], a_all[i:i + chunk], y_all[i:i + chunk]
                 pred = model.rollout(x, a)[:, -1]
-                m_sum += float(model.position_error(pred, y).sum())
-                b_sum += float(model.position_error(x, y).sum())
-                preds.append(pred)
+                for key, value in _window_metrics(model, pred, x, y).items():
+                    sums[key] = sums.get(key, 0.0) + float(value.sum())
+                if emd_windows and hasattr(model, "point_sets"):
+                    preds.append(pred)
             n = s0_all.shape[0]
-            m, b = m_sum / n, b_sum / n
-            result[h] = {"model": m, "baseline": b, "ratio": b / m if m > 0 else float("inf"), "windows": n}
+            m, b = sums.pop("model") / n, sums.pop("baseline") / n
+            result[h] = {"model": m, "baseline": b, "ratio": b / m if m > 0 else float("inf"), "windows": n,
+                         **{key: total / n for key, total in sums.items()}}
             if emd_windows and hasattr(model, "point_sets"):
                 pick = torch.linspace(0, n - 1, min(n, emd_windows)).round().long().unique()
                 pred_sets, x_sets, y_sets = (model.point_sets(t[pick]) for t in (torch.cat(preds), s0_all, y_all))
@@ -101,6 +109,30 @@ def rollout_errors(
     finally:
         model.train(was_training)
     return result
+
+
+def _window_metrics(model: DynamicsModel, pred: torch.Tensor, start: torch.Tensor,
+                    target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-window errors [W] of the prediction ("model") and of the start state ("baseline")."""
+    out = {"model": model.position_error(pred, target), "baseline": model.position_error(start, target)}
+    if hasattr(model, "frames"):
+        true_frames = model.frames(target)
+        for name, state in (("model", pred), ("baseline", start)):
+            frames = model.frames(state)
+            out[f"{name}_psnr"] = psnr(frames, true_frames)
+            out[f"{name}_ssim"] = ssim(frames, true_frames)
+    return out
+
+
+@torch.no_grad()
+def _prediction_strip(model: DynamicsModel, episode: tuple[torch.Tensor, torch.Tensor], path: Path,
+                      steps: int = 10) -> list[Path]:
+    """True frames above the frames predicted open loop from the episode's start: PNG and GIF."""
+    states, actions = episode
+    steps = min(steps, actions.shape[0])
+    model.eval()
+    pred = model.rollout(states[:1], actions[None, :steps])[0]
+    return save_strip(path, model.frames(states[1:steps + 1]), model.frames(pred))
 
 
 def _same_dataset(dataset_meta: dict, data_dir: Path, meta: dict) -> bool:
@@ -156,6 +188,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     else:
         run = Path(cfg.run)
         out = (run if run.is_dir() else run.parent) / "eval.json"
+    if hasattr(model, "frames"):
+        result["strip"] = [str(p) for p in _prediction_strip(model, tensors[0], out.with_name("strip"))]
     write_json_atomic(out, result)
     result["path"] = str(out)
     return result
@@ -171,8 +205,11 @@ def format_eval(result: dict) -> str:
         line = f"{h:>4} {e['model']:11.4f} {e['baseline']:13.4f} {e['ratio']:7.2f}"
         if "model_emd" in e:
             line += f"   EMD {e['model_emd']:.4f} vs {e['baseline_emd']:.4f}"
+        if "model_psnr" in e:
+            line += (f"   PSNR {e['model_psnr']:.2f} vs {e['baseline_psnr']:.2f} dB"
+                     f"   SSIM {e['model_ssim']:.3f} vs {e['baseline_ssim']:.3f}")
         lines.append(line)
     if "path" in result:
-        lines.append(f"wrote {result['path']}")
+        lines.append(f"wrote {result['path']}" + "".join(f", {p}" for p in result.get("strip", [])))
     return "\n".join(lines)
 

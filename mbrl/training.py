@@ -4,8 +4,9 @@ The whole loop, for any registered model::
 
     episodes  --split-->  train (first), val (last val_fraction, >= 1 episode)
     episode   --model.episode_states-->  states [T+1, D], actions [T, du]
-    windows   = every run of rollout_steps actions: states [W, S+1, D], actions [W, S, du]
-    model.fit_normalisation(train windows)            (fresh runs only)
+    windows   = every run of rollout_steps actions, batches gathered on demand:
+                states [B, S+1, D], actions [B, S, du]
+    model.fit_normalisation(all train windows)        (fresh runs of models that fit statistics)
     for epoch: shuffle, Adam on model.loss(batch); val loss, val 1/5-step error (m)
                RUN/checkpoint.pt (atomic, with optimizer + rng for --resume),
                RUN/log.csv row, TensorBoard scalars in RUN/tensorboard
@@ -63,19 +64,47 @@ def split_episodes(n: int, val_fraction: float) -> int:
     return n - n_val
 
 
-def make_windows(
-    episodes: list[tuple[torch.Tensor, torch.Tensor]], steps: int
-) -> dict[str, torch.Tensor]:
-    """[(states [T+1, D], actions [T, du])] -> {"states": [W, S+1, D], "actions": [W, S, du]}."""
-    ss, aa = [], []
-    for states, actions in episodes:
-        if actions.shape[0] < steps:
-            continue
-        ss.append(states.unfold(0, steps + 1, 1).transpose(1, 2))
-        aa.append(actions.unfold(0, steps, 1).transpose(1, 2))
-    if not ss:
-        raise UserError(f"no episode has {steps} steps; lower --rollout-steps")
-    return {"states": torch.cat(ss).contiguous(), "actions": torch.cat(aa).contiguous()}
+class Windows:
+    """Every run of ``steps`` actions of a list of episodes, gathered when a batch asks for it.
+
+    The episodes are stored once, concatenated, rather than once per window (a
+    pixel model's states are images: materialised windows would repeat each
+    frame ``steps + 1`` times).  Episodes shorter than ``steps`` are skipped.
+
+    episodes: [(states [T+1, D], actions [T, du])]."""
+
+    def __init__(self, episodes: list[tuple[torch.Tensor, torch.Tensor]], steps: int):
+        state_starts, action_starts = [], []
+        s_offset = a_offset = 0
+        for states, actions in episodes:
+            t = actions.shape[0]
+            if t >= steps:
+                state_starts.append(s_offset + torch.arange(t - steps + 1))
+                action_starts.append(a_offset + torch.arange(t - steps + 1))
+            s_offset, a_offset = s_offset + t + 1, a_offset + t
+        if not state_starts:
+            raise UserError(f"no episode has {steps} steps; lower --rollout-steps")
+        self.states = torch.cat([s for s, _ in episodes])    # [sum(T+1), D]
+        self.actions = torch.cat([a for _, a in episodes])   # [sum(T), du]
+        device = self.states.device
+        self.state_starts = torch.cat(state_starts).to(device)    # [W]
+        self.action_starts = torch.cat(action_starts).to(device)  # [W]
+        self.steps = steps
+
+    def __len__(self) -> int:
+        return int(self.state_starts.shape[0])
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """idx [B] window indices -> {"states": [B, S+1, D], "actions": [B, S, du]}."""
+        offsets = torch.arange(self.steps + 1, device=self.states.device)
+        return {
+            "states": self.states[self.state_starts[idx, None] + offsets],
+            "actions": self.actions[self.action_starts[idx, None] + offsets[:-1]],
+        }
+
+    def all(self) -> dict[str, torch.Tensor]:
+        """Every window materialised (small state models only)."""
+        return self.batch(torch.arange(len(self), device=self.states.device))
 
 
 def _check_config(cfg: TrainConfig) -> None:
@@ -88,12 +117,12 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
 
 
-def _mean_loss(model: DynamicsModel, windows: dict[str, torch.Tensor], batch_size: int) -> float:
+def _mean_loss(model: DynamicsModel, windows: Windows, batch_size: int) -> float:
     model.eval()
-    total, n = 0.0, windows["states"].shape[0]
+    total, n = 0.0, len(windows)
     with torch.no_grad():
         for i in range(0, n, batch_size):
-            batch = {k: v[i:i + batch_size] for k, v in windows.items()}
+            batch = windows.batch(torch.arange(i, min(i + batch_size, n), device=windows.states.device))
             loss, _ = model.loss(batch)
             total += float(loss) * batch["states"].shape[0]
     return total / n
@@ -189,22 +218,23 @@ def run_training(cfg: TrainConfig) -> Path:
             raise UserError(f"dataset {cfg.data} does not fit model '{cfg.model}': {e}") from None
     tensors = episode_tensors(model, episodes, cfg.data)
     del episodes
-    train_eps, val_eps = tensors[:num_train], tensors[num_train:]
-    train_w = make_windows(train_eps, cfg.rollout_steps)
+    train_w = Windows(tensors[:num_train], cfg.rollout_steps)
+    val_eps = tensors[num_train:]
+    del tensors  # the training episodes live on in train_w only
     try:
-        val_w = make_windows(val_eps, cfg.rollout_steps)
+        val_w = Windows(val_eps, cfg.rollout_steps)
     except UserError:
         val_w = None  # held-out episodes shorter than the window: the val loss is skipped
-    if resume_ckpt is None:
-        model.fit_normalisation(train_w)
+    if resume_ckpt is None and type(model).fit_normalisation is not DynamicsModel.fit_normalisation:
+        model.fit_normalisation(train_w.all())
 
     dataset_meta = {
         **meta,
         "dataset_path": str(Path(cfg.data).resolve()),
         "split": {
-            "num_episodes": len(tensors),
+            "num_episodes": num_train + len(val_eps),
             "num_train": num_train,
-            "num_val": len(tensors) - num_train,
+            "num_val": len(val_eps),
             "last_train_index": last_train_index,
             "val_fraction": cfg.val_fraction,
         },
@@ -222,7 +252,7 @@ def run_training(cfg: TrainConfig) -> Path:
         if "shuffle" in rng:
             shuffle.set_state(rng["shuffle"].cpu())
 
-    n_windows = int(train_w["states"].shape[0])
+    n_windows = len(train_w)
     passes = max(1, math.ceil(MIN_STEPS_PER_EPOCH / math.ceil(n_windows / cfg.batch_size)))
 
     run.mkdir(parents=True, exist_ok=True)
@@ -232,7 +262,7 @@ def run_training(cfg: TrainConfig) -> Path:
         "model_name": model.name,
         "model_config": model.config(),
         "dataset": {"path": dataset_meta["dataset_path"], "env": env, **dataset_meta["split"]},
-        "windows": {"train": n_windows, "val": 0 if val_w is None else int(val_w["states"].shape[0])},
+        "windows": {"train": n_windows, "val": 0 if val_w is None else len(val_w)},
         "steps_per_epoch": math.ceil(passes * n_windows / cfg.batch_size),
     })
     _open_log(run / LOG_NAME, done)
@@ -253,7 +283,7 @@ def run_training(cfg: TrainConfig) -> Path:
             total = 0.0
             for i in range(0, perm.shape[0], cfg.batch_size):
                 idx = perm[i:i + cfg.batch_size]
-                loss, _ = model.loss({"states": train_w["states"][idx], "actions": train_w["actions"][idx]})
+                loss, _ = model.loss(train_w.batch(idx))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
