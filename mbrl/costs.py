@@ -33,12 +33,28 @@ def push_box_cost(states: torch.Tensor, actions: torch.Tensor, goal_keypoints: t
     n, h, _ = states.shape
     keypoints = states[..., : 2 * NUM_KEYPOINTS].reshape(n, h, NUM_KEYPOINTS, 2)
     error = (keypoints - goal_keypoints).norm(dim=-1).mean(dim=-1)  # [N, H]
-    step_weights = torch.ones(h, device=states.device, dtype=states.dtype)
-    step_weights[-1] = weights.terminal
-    task = (error * step_weights).sum(dim=1) / step_weights.sum()
-    reach = pushing_spot_distance(keypoints[..., 0, :], states[..., 2 * NUM_KEYPOINTS:], goal_keypoints[0], weights)
+    return pushing_cost(error, keypoints[..., 0, :], states[..., 2 * NUM_KEYPOINTS:], actions,
+                        goal_keypoints[0], weights)
+
+
+def pushing_cost(error: torch.Tensor, centre: torch.Tensor, pusher: torch.Tensor, actions: torch.Tensor,
+                 goal_centre: torch.Tensor, weights: PushBoxCostWeights = PushBoxCostWeights()) -> torch.Tensor:
+    """The terms every push-box cost shares -> cost [N].
+
+    error [N, H]: the task error after each step (m), averaged over the horizon
+    with the last step weighted ``terminal`` times; centre, pusher [N, H, 2]:
+    the box centre and pusher, for the reach term; actions [N, H, 2]."""
+    task = horizon_average(error, weights.terminal)
+    reach = pushing_spot_distance(centre, pusher, goal_centre, weights)
     effort = actions.square().sum(dim=-1).mean(dim=1)
     return task + weights.reach * reach.mean(dim=1) + weights.action * effort
+
+
+def horizon_average(error: torch.Tensor, terminal: float) -> torch.Tensor:
+    """error [N, H] -> [N]: the mean over the horizon with the last step weighted ``terminal`` times."""
+    step_weights = torch.ones(error.shape[1], device=error.device, dtype=error.dtype)
+    step_weights[-1] = terminal
+    return (error * step_weights).sum(dim=1) / step_weights.sum()
 
 
 def pushing_spot_distance(centre: torch.Tensor, pusher: torch.Tensor, goal_centre: torch.Tensor,

@@ -24,6 +24,7 @@ from mbrl.device import resolve_device
 from mbrl.errors import UserError, require_at_least, require_choice
 from mbrl.oracle import PushBoxOracle
 from mbrl.pile_mpc import ParticlePredictor, PileOraclePredictor, run_pile_plan
+from mbrl.pixel_mpc import PIXEL_COSTS, PixelPredictor
 from mbrl.store import write_json_atomic
 from mbrl.video import overlay_plan, plot_costs, write_video
 from sim_envs.pile import TASKS
@@ -52,6 +53,9 @@ class OraclePredictor(PushBoxOracle):
         super().observe()
 
 
+POSITION_SUCCESS = 0.03  # m: --success position ends an episode when the box centre is this close to the goal
+SUCCESS_RULES = ("full", "position")
+
 ENV_DEFAULTS = {  # horizon, samples, max_steps where the command line leaves 0
     "push-box": {"horizon": 10, "samples": 300, "max_steps": 60},
     "pile": {"horizon": 1, "samples": 100, "max_steps": 10},
@@ -72,19 +76,52 @@ def check_config(cfg: PlanConfig) -> PlanConfig:
             raise UserError(f"--plan-budget must be a positive number of seconds, got {cfg.plan_budget}")
     elif cfg.task:
         raise UserError(f"--task is for the pile environment; {cfg.env} has one task")
+    require_choice("--success", cfg.success, SUCCESS_RULES)
+    if cfg.cost:
+        require_choice("--cost", cfg.cost, PIXEL_COSTS)
     return cfg
 
 
-def make_predictor(cfg: PlanConfig, env, device: torch.device):
-    pile = cfg.env == "pile"
+def load_planning_model(cfg: PlanConfig, device: torch.device):
+    """The learned model of ``cfg.model``, checked against the env; None for the oracle."""
     if cfg.model == "oracle":
         if planners.get_class(cfg.planner).needs_gradient:
             raise UserError(f"planner {cfg.planner!r} needs gradients; the MuJoCo oracle is not differentiable "
                             f"(use rs, cem, icem or mppi with --model oracle)")
-        return PileOraclePredictor(env) if pile else OraclePredictor(env)
+        if cfg.cost:
+            raise UserError("--cost chooses a pixel-space cost, for a pixel model; the oracle uses keypoints")
+        return None
     model, checkpoint = load_model(cfg.model, device)
     check_model_for_env(model, cfg.env, checkpoint)
-    return ParticlePredictor(model, env, device) if pile else LearnedPredictor(model, device)
+    if cfg.cost and model.name != "pixel":
+        raise UserError(f"--cost chooses a pixel-space cost, for a pixel model; {cfg.model} is a {model.name} model")
+    return model
+
+
+def env_options(cfg: PlanConfig, model) -> dict:
+    """Options of the env the plan runs in: the pile's task; observation images for a pixel model."""
+    options = {"task": cfg.task} if cfg.task else {}
+    if model is not None and model.name == "pixel":
+        options.update(observe_images=True, image_size=model.image_size)
+    return options
+
+
+def make_predictor(cfg: PlanConfig, env, model, device: torch.device):
+    pile = cfg.env == "pile"
+    if model is None:
+        return PileOraclePredictor(env) if pile else OraclePredictor(env)
+    if pile:
+        return ParticlePredictor(model, env, device)
+    if model.name == "pixel":
+        return PixelPredictor(model, env, device, cfg.cost or PIXEL_COSTS[0])
+    return LearnedPredictor(model, device)
+
+
+def keypoint_cost(env, device: torch.device):
+    """The keypoint task cost of the env's current goal: (states [N, H, 12], U [N, H, 2]) -> [N]."""
+    goal_kp = torch.as_tensor(keypoints_from_pose(env.goal[:2], np.asarray(env.goal[2])), dtype=torch.float32,
+                              device=device)
+    return lambda states, actions: push_box_cost(states, actions, goal_kp)
 
 
 # Dyn-Res's gradient planner: Adam from 50 starts, step 0.05 m (our lr is a fraction of the half-range).
@@ -108,14 +145,26 @@ def run_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video_dir: 
     obs, _ = env.reset(seed=seed)
     planner.reset(seed=seed)  # an episode's result does not depend on the episodes before it
     device = planner.device
-    goal_kp = torch.as_tensor(keypoints_from_pose(env.goal[:2], np.asarray(env.goal[2])), dtype=torch.float32, device=device)
+    pixel = isinstance(predictor, PixelPredictor)
+    task_cost = predictor.start_episode() if pixel else keypoint_cost(env, device)
+
+    def video_frame(plan: torch.Tensor | None, text: str) -> np.ndarray:
+        if pixel:
+            return predictor.plan_frame(env.render(), plan, text)
+        goal_kp = keypoints_from_pose(env.goal[:2], np.asarray(env.goal[2]))
+        planned = None
+        if plan is not None:
+            with torch.no_grad():
+                planned = predictor.rollout(plan[None])[0, :, :10].reshape(-1, 5, 2).cpu().numpy()
+        return overlay_plan(env.render(), env.camera, goal_kp, planned, text)
+
     plan_ms, planned_costs, frames = [], [], []
     steps = 0
     for steps in range(1, cfg.max_steps + 1):
         predictor.observe(obs)
 
         def cost_fn(U: torch.Tensor) -> torch.Tensor:
-            return push_box_cost(predictor.rollout(U), U, goal_kp)
+            return task_cost(predictor.rollout(U), U)
 
         t0 = time.perf_counter()
         result = planner.plan(cost_fn)
@@ -125,11 +174,10 @@ def run_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video_dir: 
         planned_costs.append(float(result.cost))
         action = result.actions[0].detach().cpu().numpy()
         if video_dir is not None:
-            with torch.no_grad():
-                planned = predictor.rollout(result.actions[None])[0, :, :10].reshape(-1, 5, 2).cpu().numpy()
-            frames.append(overlay_plan(env.render(), env.camera, goal_kp.cpu().numpy(), planned,
-                                       f"step {steps - 1}  cost {result.cost:.3f}"))
+            frames.append(video_frame(result.actions, f"step {steps - 1}  cost {result.cost:.3f}"))
         obs, _, terminated, _, info = env.step(action)
+        if cfg.success == "position":
+            terminated = info["position_error"] < POSITION_SUCCESS
         if terminated:
             break
     pos_err, yaw_err = env.goal_errors()
@@ -138,12 +186,14 @@ def run_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video_dir: 
         "final_position_error": pos_err,
         "final_yaw_error": yaw_err,
         "success": bool(env.is_success()),
+        "position_success": pos_err < POSITION_SUCCESS,
         "steps": steps,
         "median_plan_ms": statistics.median(plan_ms),
     }
     if video_dir is not None:
-        frames.append(overlay_plan(env.render(), env.camera, goal_kp.cpu().numpy(), None,
-                                   f"final: {pos_err * 100:.1f} cm, {yaw_err:.2f} rad"))
+        if pixel:
+            predictor.observe(obs)
+        frames.append(video_frame(None, f"final: {pos_err * 100:.1f} cm, {yaw_err:.2f} rad"))
         write_video(video_dir / f"episode_{seed}.mp4", frames)
         plot_costs(video_dir / f"episode_{seed}_cost.png", planned_costs, f"seed {seed}: planned cost per MPC step")
     return row
@@ -152,9 +202,9 @@ def run_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video_dir: 
 def run_plan(cfg: PlanConfig) -> dict:
     cfg = check_config(cfg)
     device = resolve_device(cfg.device)
-    overrides = {"task": cfg.task} if cfg.task else {}
-    env = sim_envs.make(cfg.env, max_episode_steps=cfg.max_steps, **overrides)
-    predictor = make_predictor(cfg, env, device)
+    model = load_planning_model(cfg, device)
+    env = sim_envs.make(cfg.env, max_episode_steps=cfg.max_steps, **env_options(cfg, model))
+    predictor = make_predictor(cfg, env, model, device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", asdict(cfg))
@@ -181,11 +231,14 @@ def run_plan(cfg: PlanConfig) -> dict:
     metrics = {
         "episodes": rows,
         "success_rate": float(np.mean([r["success"] for r in rows])),
+        "position_success_rate": float(np.mean([r["position_success"] for r in rows])),
         "median_plan_ms": statistics.median(r["median_plan_ms"] for r in rows),  # median of the episodes' medians
         "mean_final_position_error": float(np.mean([r["final_position_error"] for r in rows])),
         "mean_final_yaw_error": float(np.mean([r["final_yaw_error"] for r in rows])),
         "model": cfg.model,
         "planner": cfg.planner,
+        "cost": cfg.cost or ("designated-pixel" if isinstance(predictor, PixelPredictor) else "keypoints"),
+        "success_rule": cfg.success,
         "device": str(device),
     }
     write_json_atomic(out / "metrics.json", metrics)

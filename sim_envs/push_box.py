@@ -254,6 +254,17 @@ class PushBoxEnv(gym.Env):
             obs["depth"] = self.image_camera.depth(s, s)
         return obs
 
+    def goal_image(self) -> np.ndarray:
+        """[S, S, 3] uint8 observation image of the goal: the box at the goal pose, the pusher out of view.
+
+        The physics state is restored afterwards."""
+        state = self.get_state()
+        try:
+            self._place(self.goal, np.array([0.34, 0.34]), self.goal)
+            return self.image_camera.rgb(self.config.image_size, self.config.image_size)
+        finally:
+            self.set_state(state)
+
     def render(self):
         """[render_height, render_width, 3] uint8 camera frame, the goal drawn as a translucent box."""
         return self.camera.rgb(self.config.render_width, self.config.render_height, show_markers=True)

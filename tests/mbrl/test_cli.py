@@ -78,6 +78,11 @@ def test_gradient_planner_with_the_oracle_is_a_clear_error(tmp_path):
     (["eval", "/nonexistent/run", "--data", "/nonexistent/data"], "/nonexistent/run"),
     (["plan", "push-box", "--model", "/nonexistent/run"], "/nonexistent/run"),
     (["bench", "nothing"], "unknown benchmark"),
+    (["plan", "push-box", "--model", "pretrained:keypoint", "--cost", "goal-image"], "for a pixel model"),
+    (["plan", "push-box", "--model", "oracle", "--cost", "designated-pixel"], "for a pixel model"),
+    (["plan", "push-box", "--model", "oracle", "--cost", "l1"], "--cost"),
+    (["plan", "push-box", "--model", "oracle", "--success", "close"], "--success"),
+    (["train", "pixel", "--data", "/nonexistent/data"], "no dataset"),
 ])
 def test_bad_input_gives_one_line_and_nonzero_exit(args, fragment, tmp_path):
     if args[0] == "plan":

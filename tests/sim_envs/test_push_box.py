@@ -116,3 +116,17 @@ def test_the_goal_is_drawn_in_render_frames_but_not_in_observations():
     u, v = np.round(env.image_camera.project(np.array([[-0.1, -0.05, 0.05]]), 64, 64)[0]).astype(int)
     r, g, b = obs["rgb"][v, u].astype(int)
     assert abs(g - r) < 20, "observation images do not show the goal (the table is grey-beige there)"
+
+
+def test_goal_image_shows_the_box_at_the_goal_and_leaves_the_state_alone():
+    env = sim_envs.make("push-box", observe_images=True)
+    obs, _ = env.reset(seed=3, options={"box_pose": [0.1, 0.1, 0.0], "pusher": [0.0, 0.0], "goal": [-0.1, -0.05, 0.3]})
+    before = env.get_state()
+    image = env.goal_image()
+    np.testing.assert_array_equal(before, env.get_state())
+    u, v = np.floor(env.image_camera.project(np.array([[-0.1, -0.05, 0.05]]), 64, 64)[0]).astype(int)
+    r, g, b = image[v, u].astype(int)
+    assert r > g + 40 and r > b + 40, "the box is drawn at the goal"
+    u, v = np.floor(env.image_camera.project(np.array([[0.1, 0.1, 0.05]]), 64, 64)[0]).astype(int)
+    r, g, b = image[v, u].astype(int)
+    assert abs(r - g) < 30, "and not at its current pose"
