@@ -1,4 +1,4 @@
-"""``mbrl bench planners | collect | particle``: speed figures, side by side in one run.
+"""``mbrl bench planners | collect | particle | pixel``: speed figures, side by side in one run.
 
 planners: for the keypoint model at N samples x horizon H, each planner's time
 per plan against the time of the same model evaluations alone (the cost_fn
@@ -9,7 +9,7 @@ overhead. Our MPPI is also timed against ``pytorch_mppi`` on the same dynamics.
 collect: env control steps/s of ``mbrl collect`` against raw ``mj_step``
 steps/s of the same scene, in the same run.
 
-particle: see mbrl.bench_particle.
+particle: see mbrl.bench_particle; pixel: see mbrl.bench_pixel.
 """
 from __future__ import annotations
 
@@ -195,9 +195,14 @@ def print_planner_table(rows: dict, cfg: BenchConfig, device: torch.device) -> N
 def run_bench(cfg: BenchConfig) -> dict:
     for option, value in (("--samples", cfg.samples), ("--horizon", cfg.horizon), ("--repeats", cfg.repeats)):
         require_at_least(option, value, 1)
-    require_choice("benchmark", cfg.what, ["planners", "collect", "particle"])
+    require_choice("benchmark", cfg.what, ["planners", "collect", "particle", "pixel"])
     device = resolve_device(cfg.device)
-    if cfg.what == "particle":
+    if cfg.what == "pixel":
+        from mbrl.bench_pixel import bench_pixel, print_pixel_table
+
+        result = bench_pixel(cfg, device)
+        print_pixel_table(result)
+    elif cfg.what == "particle":
         from mbrl.bench_particle import bench_particle, print_particle_table
 
         result = bench_particle(cfg, device)

@@ -76,8 +76,8 @@ class DemoConfig:
 
 @dataclass
 class BenchConfig:
-    what: str = "planners"  # planners | collect | particle
-    model: str = ""  # particle: the particle model (default pretrained:particle)
+    what: str = "planners"  # planners | collect | particle | pixel
+    model: str = ""  # particle / pixel: the model (default pretrained:particle / pretrained:pixel)
     device: str = "auto"  # auto | cpu | cuda
     samples: int = 1000  # samples per planner iteration
     horizon: int = 10  # planning horizon, control steps
