@@ -89,7 +89,9 @@ def run_command(command: str, cfg) -> None:
 
         metrics = run_plan(cfg)
         pile = f"mean fraction in target {metrics['mean_fraction_in_target']:.2f}, " if cfg.env == "pile" else ""
-        print(f"{pile}success rate {metrics['success_rate']:.2f} over {len(metrics['episodes'])} episodes, "
+        position = (f"position success (< 3 cm) {metrics['position_success_rate']:.2f}, "
+                    if "position_success_rate" in metrics else "")
+        print(f"{pile}{position}success rate {metrics['success_rate']:.2f} over {len(metrics['episodes'])} episodes, "
               f"median plan {metrics['median_plan_ms']:.0f} ms; outputs in {cfg.out}")
     elif command == "demo":
         from mbrl.demo import run_demo
