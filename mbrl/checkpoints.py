@@ -43,14 +43,21 @@ def save_checkpoint(
     *,
     dataset_meta: dict,
     train_state: dict | None = None,
+    half: bool = False,
 ) -> Path:
-    """Write ``model`` (+ dataset meta, + optional training state) to ``path`` atomically."""
+    """Write ``model`` (+ dataset meta, + optional training state) to ``path`` atomically.
+
+    ``half`` stores floating-point weights in float16 (half the size; loading
+    casts them back into the model's float32 parameters)."""
     path = Path(path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     payload = {
         "format_version": FORMAT_VERSION,
         "model_name": model.name,
         "model_config": model.config(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state,
         "dataset_meta": dataset_meta,
         "train_state": train_state,
     }
@@ -137,10 +144,11 @@ def load_model(path_or_run: str | os.PathLike, device: str | torch.device = "cpu
     return model_from_checkpoint(ckpt, device, path), ckpt
 
 
-def export_model(path_or_run: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Copy a checkpoint without its training state (e.g. into ``mbrl/pretrained/NAME/``)."""
+def export_model(path_or_run: str | os.PathLike, dest: str | os.PathLike, half: bool = False) -> Path:
+    """Copy a checkpoint without its training state (e.g. into ``mbrl/pretrained/NAME/``), weights in
+    float16 with ``half``."""
     model, ckpt = load_model(path_or_run, "cpu")
-    return save_checkpoint(dest, model, dataset_meta=ckpt["dataset_meta"], train_state=None)
+    return save_checkpoint(dest, model, dataset_meta=ckpt["dataset_meta"], train_state=None, half=half)
 
 
 def check_model_for_env(model: DynamicsModel, env_name: str, checkpoint: dict | None = None) -> None:

@@ -90,6 +90,18 @@ def test_checkpoint_round_trip_gives_identical_predictions(run, tmp_path):
     assert not model.training
 
 
+def test_a_half_precision_export_is_smaller_and_predicts_the_same_to_float16_precision(run, tmp_path):
+    model, _ = load_model(run, "cpu")
+    full, half = export_model(run, tmp_path / "full.pt"), export_model(run, tmp_path / "half.pt", half=True)
+    assert half.stat().st_size < 0.75 * full.stat().st_size
+    exported, _ = load_model(half, "cpu")
+    assert all(p.dtype == torch.float32 for p in exported.parameters())
+    s0 = torch.tensor([[0.0, 0, .05, .05, -.05, .05, -.05, -.05, .05, -.05, .09, 0.01]])
+    u = torch.rand(16, 6, 2) * 0.06 - 0.03
+    with torch.no_grad():
+        torch.testing.assert_close(exported.rollout(s0, u), model.rollout(s0, u), atol=2e-3, rtol=0)
+
+
 def test_resume_continues_from_saved_epoch(run, tmp_path):
     resumed = tmp_path / "resumed"
     shutil.copytree(run, resumed)
