@@ -35,6 +35,7 @@ METRICS = {
     "pixel": "RMS pixel error (intensity in [0, 1], not m), PSNR (dB) and SSIM of the frame predicted "
              "after h open-loop steps; the baseline copies the last frame",
 }
+UNITS = {"pixel": "RMS intensity in [0, 1]"}  # of "model" and "baseline"; metres otherwise
 _CHUNK = 8192  # windows per batched rollout call at most
 _CHUNK_FLOATS = 2 ** 26  # ... and at most this many floats of predicted states per call (image states are big)
 EMD_WINDOWS = 400  # particle models: windows per horizon whose EMD is computed (an exact assignment each)
@@ -176,7 +177,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         "split": split,
         "first_episode": first,
         "episodes": len(tensors),
-        "unit": "m",
+        "unit": UNITS.get(model.name, "m"),
         "metric": METRICS.get(model.name, "model.position_error after h open-loop actions"),
         "horizons": {str(h): e for h, e in errors.items()},
         "skipped_horizons": [h for h in HORIZONS if h not in errors],
@@ -199,7 +200,7 @@ def format_eval(result: dict) -> str:
     """A small table of an eval result, for the CLI."""
     lines = [
         f"{result['model']} on {result['dataset']} ({result['split']}, {result['episodes']} episodes)",
-        f"{'h':>4} {'model [m]':>11} {'baseline [m]':>13} {'ratio':>7}",
+        f"{'h':>4} {'model':>11} {'baseline':>13} {'ratio':>7}   ({result['unit']})",
     ]
     for h, e in result["horizons"].items():
         line = f"{h:>4} {e['model']:11.4f} {e['baseline']:13.4f} {e['ratio']:7.2f}"
