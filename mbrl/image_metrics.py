@@ -19,7 +19,7 @@ _C1, _C2 = 0.01 ** 2, 0.03 ** 2  # SSIM stabilisers for a data range of 1
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """pred, target [..., 3, S, S] in [0, 1] -> peak signal-to-noise ratio [...] in dB (capped at 100)."""
     mse = (pred.float() - target.float()).square().mean(dim=(-1, -2, -3))
-    return (10 * torch.log10(1.0 / mse.clamp(min=1e-10)))
+    return 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
 
 
 def _gaussian_window(device: torch.device) -> torch.Tensor:

@@ -1,6 +1,5 @@
 """The CDNA pixel model: kernel transforms, state layout, rollout, and learning a moving square."""
 import numpy as np
-import pytest
 import torch
 
 from dynamics_models.pixel import PixelDynamics, apply_kernels
