@@ -246,7 +246,7 @@ def run_plan(cfg: PlanConfig) -> dict:
         "mean_final_yaw_error": float(np.mean([r["final_yaw_error"] for r in rows])),
         "model": cfg.model,
         "planner": cfg.planner,
-        "cost": cfg.cost or ("designated-pixel" if isinstance(predictor, PixelPredictor) else "keypoints"),
+        "cost": cfg.cost or (PIXEL_COSTS[0] if isinstance(predictor, PixelPredictor) else "keypoints"),
         "success_rule": cfg.success,
         "device": str(device),
     }

@@ -27,7 +27,6 @@ class PixelPredictor:
 
     def __init__(self, model, env, device: torch.device, cost: str = "designated-pixel"):
         self.model, self.env, self.device, self.cost_kind = model.to(device).eval(), env, device, cost
-        self.grid = None  # [S, S, 2] plane points of the pixels, once the env has a pose (after reset)
         self.frames: list[np.ndarray] = []
         self.pushers: list[np.ndarray] = []
         self.state = None
@@ -41,16 +40,17 @@ class PixelPredictor:
     def start_episode(self):
         """After ``env.reset``: forget the context; -> the task cost ``(states [N, H, D], U [N, H, 2]) -> [N]``."""
         self.frames, self.pushers = [], []
-        size, cam = self.model.image_size, self.env.image_camera
-        self.intrinsics, self.extrinsics = cam.intrinsics(size, size), cam.extrinsics()
-        grid = pixel_grid_points(self.intrinsics, self.extrinsics, size, BOX_TOP)
-        self.grid = torch.as_tensor(grid, dtype=torch.float32, device=self.device)
         self.goal_pixel = self._project(self.env.goal[:2])
         if self.cost_kind == "goal-image":
             goal = torch.as_tensor(self.env.goal_image(), device=self.device).permute(2, 0, 1).float() / 255.0
             return GoalImageCost(self.model, goal)
-        goal_xy = plane_points(self.intrinsics, self.extrinsics, self.goal_pixel, BOX_TOP)
-        return DesignatedPixelCost(self.model, self.grid, torch.as_tensor(goal_xy, dtype=torch.float32, device=self.device))
+        # The camera's pose is known once the env has been reset (mj_forward).
+        size, cam = self.model.image_size, self.env.image_camera
+        intrinsics, extrinsics = cam.intrinsics(size, size), cam.extrinsics()
+        grid = torch.as_tensor(pixel_grid_points(intrinsics, extrinsics, size, BOX_TOP), dtype=torch.float32,
+                               device=self.device)
+        goal_xy = plane_points(intrinsics, extrinsics, self.goal_pixel, BOX_TOP)
+        return DesignatedPixelCost(self.model, grid, torch.as_tensor(goal_xy, dtype=torch.float32, device=self.device))
 
     def observe(self, obs: dict) -> None:
         c = self.model.context_frames
