@@ -44,7 +44,7 @@ def field_docs(cls) -> dict[str, str]:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls, positional: str | None) -> None:
-    docs = field_docs(cls)
+    docs = {name: doc.replace("%", "%%") for name, doc in field_docs(cls).items()}  # argparse %-formats help
     for f in dataclasses.fields(cls):
         help_text = f"{docs.get(f.name, '')} (default: {f.default})"
         if f.name == positional:

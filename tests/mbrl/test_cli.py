@@ -142,3 +142,11 @@ def test_a_model_trained_for_another_env_is_refused(trained, tmp_path):
 @pytest.mark.parametrize("args", [["plan", "push-box", "--samples", "abc"], ["frobnicate"], []])
 def test_a_malformed_command_line_is_one_line(args):
     assert_one_line_error(mbrl(*args), "mbrl")
+
+
+@pytest.mark.parametrize("command", ["collect", "train", "eval", "plan", "demo", "bench"])
+def test_every_command_prints_its_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "--" in capsys.readouterr().out
