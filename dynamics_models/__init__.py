@@ -16,6 +16,7 @@ from dynamics_models.base import DynamicsModel
 
 _REGISTRY: dict[str, str] = {
     "keypoint": "dynamics_models.keypoint:KeypointDynamics",
+    "mesh": "dynamics_models.mesh:MeshDynamics",
     "particle": "dynamics_models.particle:ParticleDynamics",
     "pixel": "dynamics_models.pixel:PixelDynamics",
 }

@@ -1,4 +1,4 @@
-"""``mbrl bench planners | collect | particle | pixel``: speed figures, side by side in one run.
+"""``mbrl bench planners | collect | particle | pixel | mesh``: speed figures, side by side in one run.
 
 planners: for the keypoint model at N samples x horizon H, each planner's time
 per plan against the time of the same model evaluations alone (the cost_fn
@@ -9,7 +9,7 @@ overhead. Our MPPI is also timed against ``pytorch_mppi`` on the same dynamics.
 collect: env control steps/s of ``mbrl collect`` against raw ``mj_step``
 steps/s of the same scene, in the same run.
 
-particle: see mbrl.bench_particle; pixel: see mbrl.bench_pixel.
+particle: see mbrl.bench_particle; pixel: see mbrl.bench_pixel; mesh: see mbrl.bench_mesh.
 """
 from __future__ import annotations
 
@@ -195,13 +195,18 @@ def print_planner_table(rows: dict, cfg: BenchConfig, device: torch.device) -> N
 def run_bench(cfg: BenchConfig) -> dict:
     for option, value in (("--samples", cfg.samples), ("--horizon", cfg.horizon), ("--repeats", cfg.repeats)):
         require_at_least(option, value, 1)
-    require_choice("benchmark", cfg.what, ["planners", "collect", "particle", "pixel"])
+    require_choice("benchmark", cfg.what, ["planners", "collect", "particle", "pixel", "mesh"])
     device = resolve_device(cfg.device)
     if cfg.what == "pixel":
         from mbrl.bench_pixel import bench_pixel, print_pixel_table
 
         result = bench_pixel(cfg, device)
         print_pixel_table(result)
+    elif cfg.what == "mesh":
+        from mbrl.bench_mesh import bench_mesh, print_mesh_table
+
+        result = bench_mesh(cfg, device)
+        print_mesh_table(result)
     elif cfg.what == "particle":
         from mbrl.bench_particle import bench_particle, print_particle_table
 

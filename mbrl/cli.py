@@ -72,6 +72,8 @@ def run_command(command: str, cfg) -> None:
         r = run_collect(cfg)
         print(f"{cfg.out}: {r['episodes_total']} episodes ({r['episodes_written']} written now); "
               f"{r['steps_per_second']:.0f} env steps/s over {r['seconds']:.1f} s")
+        if "diverged_episodes" in r:
+            print(f"{cfg.out}: {r['diverged_episodes']} of {r['episodes_total']} episodes diverged")
     elif command == "train":
         from mbrl.training import run_training
 
@@ -88,6 +90,10 @@ def run_command(command: str, cfg) -> None:
         from mbrl.mpc import run_plan
 
         metrics = run_plan(cfg)
+        if cfg.env == "cloth":
+            print(f"median NI {metrics['median_ni']:.2f} (mean {metrics['mean_ni']:.2f}) over {len(metrics['episodes'])} "
+                  f"episodes, median plan {metrics['median_plan_ms']:.0f} ms; outputs in {cfg.out}")
+            return
         pile = f"mean fraction in target {metrics['mean_fraction_in_target']:.2f}, " if cfg.env == "pile" else ""
         position = (f"position success (< 3 cm) {metrics['position_success_rate']:.2f}, "
                     if "position_success_rate" in metrics else "")

@@ -18,10 +18,10 @@ from tqdm import tqdm
 import sim_envs
 from mbrl.configs import CollectConfig
 from mbrl.errors import UserError, require_at_least, require_choice
-from mbrl.exploration import PileExploration, PushExploration
-from mbrl.perception import pile_particles
-from mbrl.tracking import attach, move_with_pieces
-from mbrl.store import META_NAME, SCHEMA_VERSION, finished_indices, read_meta, write_episode, write_json_atomic
+from mbrl.exploration import ClothExploration, PileExploration, PushExploration
+from mbrl.perception import cloth_points, pile_particles
+from mbrl.tracking import attach, attach_to_vertices, move_with_pieces
+from mbrl.store import META_NAME, SCHEMA_VERSION, episode_path, finished_indices, read_meta, write_episode, write_json_atomic
 
 
 def record_push_box(env, seed: int, steps: int, options: dict) -> dict[str, np.ndarray]:
@@ -80,9 +80,49 @@ def record_pile(env, seed: int, steps: int, options: dict) -> dict[str, np.ndarr
     }
 
 
-RECORDERS = {"push-box": record_push_box, "pile": record_pile}
-POLICIES = {"push-box": "PushExploration", "pile": "PileExploration"}
-DEFAULT_STEPS = {"push-box": 40, "pile": 10}
+MAX_VISIBLE_POINTS = 320  # cloth: room for the visible points of one observation (a flat cloth gives ~225)
+
+
+def record_cloth(env, seed: int, steps: int, options: dict) -> dict[str, np.ndarray]:
+    """Random pick-and-places from a crumpled start; vertices at every segment boundary.
+
+    Before each action the visible point cloud (from depth, :func:`cloth_points`) is
+    attached to the mesh (:func:`attach_to_vertices`), so the visible-points model
+    has per-point targets through the action. An episode stops early when the
+    simulation diverges (``diverged`` = 1; none should: the collection reports
+    the count)."""
+    obs, info = env.reset(seed=seed)
+    policy = ClothExploration(np.random.default_rng(seed), env.config.workspace, env.config.max_move)
+    vertices, segments, actions, coverage = [obs["vertices"][None]], [], [], [info["coverage"]]
+    points_index, points_weight = [], []
+    diverged = info["diverged"]
+    for _ in range(steps):
+        if diverged:
+            break
+        points = cloth_points(env, obs)[:MAX_VISIBLE_POINTS]
+        index, weight = attach_to_vertices(points, obs["vertices"])
+        points_index.append(np.pad(index, ((0, MAX_VISIBLE_POINTS - len(points)), (0, 0))))
+        points_weight.append(np.pad(weight, ((0, MAX_VISIBLE_POINTS - len(points)), (0, 0))))
+        obs, _, diverged, _, info = env.step(policy(obs))
+        vertices.append(info["waypoint_vertices"])
+        segments.append(info["segments"])
+        actions.append(info["action"])
+        coverage.append(info["coverage"])
+    return {
+        "vertices": np.concatenate(vertices).astype(np.float32),  # [T*K+1, V, 3]
+        "segments": np.asarray(segments, np.float32).reshape(-1, 5),  # [T*K, 5]
+        "actions": np.asarray(actions, np.float32).reshape(-1, 4),  # [T, 4] as executed (clipped)
+        "coverage": np.asarray(coverage, np.float32),  # [T+1] m^2
+        "points_index": np.asarray(points_index, np.int16).reshape(-1, MAX_VISIBLE_POINTS, 3),  # [T, Pmax, 3]
+        "points_weight": np.asarray(points_weight, np.float32).reshape(-1, MAX_VISIBLE_POINTS, 3),  # 0: padding
+        "faces": env.faces, "edges": env.edges, "rest": env.rest.astype(np.float32),
+        "diverged": np.int8(diverged),
+    }
+
+
+RECORDERS = {"push-box": record_push_box, "pile": record_pile, "cloth": record_cloth}
+POLICIES = {"push-box": "PushExploration", "pile": "PileExploration", "cloth": "ClothExploration"}
+DEFAULT_STEPS = {"push-box": 40, "pile": 10, "cloth": 6}
 
 
 _worker_env = None
@@ -131,7 +171,7 @@ def check_config(cfg: CollectConfig) -> None:
     require_at_least("--workers", cfg.workers, 1)
     require_choice("environment", cfg.env, sim_envs.available())
     if cfg.images and cfg.env != "push-box":
-        raise UserError("--images stores 64x64 frames of push-box; the pile dataset keeps particles from depth")
+        raise UserError("--images stores 64x64 frames of push-box; pile and cloth datasets keep particles and vertices")
     parse_particles(cfg.particles)
 
 
@@ -173,10 +213,18 @@ def run_collect(cfg: CollectConfig) -> dict:
                 bar.update()
     bar.close()
     seconds = time.perf_counter() - start
-    return {
+    result = {
         "episodes_written": len(jobs),
         "episodes_total": len(finished_indices(out)),
         "env_steps": steps,
         "seconds": seconds,
         "steps_per_second": steps / seconds if steps else 0.0,
     }
+    if cfg.env == "cloth":
+        result["diverged_episodes"] = diverged_episodes(out)
+    return result
+
+
+def diverged_episodes(root: Path) -> int:
+    """Cloth: how many of the dataset's finished episodes ended in a numerical blow-up."""
+    return sum(int(np.load(episode_path(root, i))["diverged"]) for i in sorted(finished_indices(root)))

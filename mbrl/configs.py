@@ -13,7 +13,7 @@ class CollectConfig:
     env: str = "push-box"  # environment name in the sim_envs registry
     out: str = "data/push-box"  # dataset directory (created; resumed if it exists)
     episodes: int = 200  # number of episodes the dataset should hold
-    steps: int = 0  # control steps (pushes) per episode; 0: the env's default (push-box 40, pile 10)
+    steps: int = 0  # control steps (pushes) per episode; 0: the env's default (push-box 40, pile 10, cloth 6)
     workers: int = 2  # parallel worker processes
     seed: int = 0  # base seed; episode i uses seed + i
     images: bool = False  # push-box: also store 64x64 RGB frames (uint8, compressed)
@@ -51,11 +51,11 @@ class PlanConfig:
     episodes: int = 5  # MPC episodes, goals drawn from seed + i
     seed: int = 1000  # base seed of the episodes' initial states and goals
     out: str = "runs/plan"  # output directory: metrics.json, videos, plots
-    task: str = ""  # pile: gather | shape (default gather)
-    horizon: int = 0  # planning horizon in actions (0: the env's default: push-box 10 steps, pile 1 push)
-    samples: int = 0  # samples per planner iteration (0: the env's default: push-box 300, pile 100)
+    task: str = ""  # pile: gather | shape (default gather); cloth: smooth
+    horizon: int = 0  # planning horizon in actions (0: the env's default: push-box 10 steps, pile 1 push, cloth 1 pick)
+    samples: int = 0  # samples per planner iteration (0: the env's default: push-box 300, pile 100, cloth 64)
     iterations: int = 0  # planner iterations per MPC step (0: the planner's default)
-    max_steps: int = 0  # actions per episode at most (0: the env's default: push-box 60, pile 10)
+    max_steps: int = 0  # actions per episode at most (0: the env's default: push-box 60, pile 10, cloth 10)
     resolution: str = "auto"  # pile: particles per observation, or auto (the dynamic-resolution selector)
     resolutions: str = "25,50,100,200"  # pile: the selector's candidate particle counts
     plan_budget: float = 2.0  # pile: seconds the selector may spend planning one push
@@ -76,8 +76,8 @@ class DemoConfig:
 
 @dataclass
 class BenchConfig:
-    what: str = "planners"  # planners | collect | particle | pixel
-    model: str = ""  # particle / pixel: the model (default pretrained:particle / pretrained:pixel)
+    what: str = "planners"  # planners | collect | particle | pixel | mesh
+    model: str = ""  # particle / pixel / mesh: the model (default pretrained:particle / pixel / mesh)
     device: str = "auto"  # auto | cpu | cuda
     samples: int = 1000  # samples per planner iteration
     horizon: int = 10  # planning horizon, control steps

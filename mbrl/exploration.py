@@ -92,3 +92,26 @@ class PileExploration:
         start = piece - direction * rng.uniform(0.02, 0.10)
         end = start + direction * rng.uniform(0.05, 0.15)
         return np.clip(np.concatenate([start, end]), -w, w)
+
+
+class ClothExploration:
+    """Random pick-and-places for cloth data, on the cloth.
+
+    Each picks a random vertex's position (clipped to the workspace); the place is either outwards from
+    the cloth's centre (as smoothing does, ``outward_prob``) or in a uniformly
+    random direction, 3 cm to ``max_move`` long (per axis clipped to it)."""
+
+    def __init__(self, rng: np.random.Generator, workspace: float, max_move: float, outward_prob: float = 0.5):
+        self.rng, self.workspace, self.max_move, self.outward_prob = rng, workspace, max_move, outward_prob
+
+    def __call__(self, obs: dict) -> np.ndarray:
+        """obs from cloth -> action [4] (pick x, y within the workspace, dx, dy)."""
+        rng, v = self.rng, obs["vertices"]
+        pick = np.clip(v[rng.integers(len(v)), :2], -self.workspace, self.workspace)
+        away = pick - v[:, :2].mean(0)
+        if rng.random() < self.outward_prob and np.linalg.norm(away) > 1e-3:
+            angle = np.arctan2(away[1], away[0]) + rng.normal(0, 0.4)
+        else:
+            angle = rng.uniform(-np.pi, np.pi)
+        move = np.array([np.cos(angle), np.sin(angle)]) * rng.uniform(0.03, self.max_move)
+        return np.concatenate([pick, np.clip(move, -self.max_move, self.max_move)])

@@ -19,6 +19,7 @@ import planners
 import sim_envs
 from mbrl.checkpoints import check_model_for_env, load_model
 from mbrl.configs import PlanConfig
+from mbrl.cloth_mpc import ClothOraclePredictor, MeshPredictor, run_cloth_plan
 from mbrl.costs import push_box_cost
 from mbrl.device import resolve_device
 from mbrl.errors import UserError, require_at_least, require_choice
@@ -27,6 +28,7 @@ from mbrl.pile_mpc import ParticlePredictor, PileOraclePredictor, run_pile_plan
 from mbrl.pixel_mpc import PIXEL_COSTS, PixelPredictor
 from mbrl.store import write_json_atomic
 from mbrl.video import overlay_plan, plot_costs, write_video
+from sim_envs.cloth import TASKS as CLOTH_TASKS
 from sim_envs.pile import TASKS
 from sim_envs.push_box import keypoints_from_pose
 
@@ -59,6 +61,7 @@ SUCCESS_RULES = ("full", "position")
 ENV_DEFAULTS = {  # horizon, samples, max_steps where the command line leaves 0
     "push-box": {"horizon": 10, "samples": 300, "max_steps": 60},
     "pile": {"horizon": 1, "samples": 100, "max_steps": 10},
+    "cloth": {"horizon": 1, "samples": 64, "max_steps": 10},
 }
 # A model's own defaults come first: a frame of the pixel model costs ~1000x a keypoint step, so its
 # MPC plans fewer, shorter samples (a few seconds per step on 2 CPU cores).
@@ -76,8 +79,10 @@ def check_config(cfg: PlanConfig) -> PlanConfig:
         require_choice("pile task", cfg.task or "gather", TASKS)
         if not cfg.plan_budget > 0:
             raise UserError(f"--plan-budget must be a positive number of seconds, got {cfg.plan_budget}")
+    elif cfg.env == "cloth":
+        require_choice("cloth task", cfg.task or "smooth", CLOTH_TASKS)
     elif cfg.task:
-        raise UserError(f"--task is for the pile environment; {cfg.env} has one task")
+        raise UserError(f"--task is for the pile and cloth environments; {cfg.env} has one task")
     require_choice("--success", cfg.success, SUCCESS_RULES)
     if cfg.cost:
         require_choice("--cost", cfg.cost, PIXEL_COSTS)
@@ -115,11 +120,13 @@ def env_options(cfg: PlanConfig, model) -> dict:
 
 
 def make_predictor(cfg: PlanConfig, env, model, device: torch.device):
-    pile = cfg.env == "pile"
+    pile, cloth = cfg.env == "pile", cfg.env == "cloth"
     if model is None:
-        return PileOraclePredictor(env) if pile else OraclePredictor(env)
+        return PileOraclePredictor(env) if pile else ClothOraclePredictor(env) if cloth else OraclePredictor(env)
     if pile:
         return ParticlePredictor(model, env, device)
+    if cloth:
+        return MeshPredictor(model, env, device)
     if model.name == "pixel":
         return PixelPredictor(model, env, device, cfg.cost or PIXEL_COSTS[0])
     return LearnedPredictor(model, device)
@@ -227,6 +234,15 @@ def run_plan(cfg: PlanConfig) -> dict:
         write_json_atomic(out / "metrics.json", metrics)
         return metrics
     planner = make_planner(cfg, env, device, cfg.seed)
+    if cfg.env == "cloth":
+        try:
+            metrics = run_cloth_plan(cfg, env, predictor, planner, device)
+        finally:
+            if isinstance(predictor, ClothOraclePredictor):
+                predictor.close()
+            env.close()
+        write_json_atomic(out / "metrics.json", metrics)
+        return metrics
     rows = []
     bar = tqdm(range(cfg.episodes), desc=f"plan {cfg.model} {cfg.planner}", unit="ep", disable=not sys.stderr.isatty())
     try:

@@ -92,3 +92,36 @@ class PileOracle(_RolloutOracle):
             pieces = self.env.pieces_from_qpos(state[:, 1:1 + self.env.model.nq])[..., :3]  # [N, P, 3]
             out.append(np.concatenate([pieces, np.ones(pieces.shape[:-1] + (1,))], axis=-1).reshape(n, -1))
         return torch.as_tensor(np.stack(out, axis=1), dtype=torch.float32, device=actions.device)
+
+
+class ClothOracle(_RolloutOracle):
+    """Batched cloth dynamics by simulation; the vertices after each pick-and-place [N, H, V, 3].
+
+    The pick of action k depends on where the cloth lies after action k - 1,
+    so H actions are H chained rollouts, each from the last one's end states."""
+
+    def observe(self, obs: dict | None = None) -> None:
+        """Take the environment's current physics state as the rollout start."""
+        self._state = self.env.get_state()
+
+    def rollout(self, actions: torch.Tensor) -> torch.Tensor:
+        """actions [N, H, 4] (pick x, y, dx, dy) -> vertices [N, H, V, 3] (m), on actions' device."""
+        from sim_envs.cloth import CONTROL_SPEC, pick_vertex
+
+        env = self.env
+        n, h, _ = actions.shape
+        low, high = env.action_space.low, env.action_space.high
+        acts = np.clip(actions.detach().cpu().double().numpy(), low, high)
+        state = np.broadcast_to(self._state, (n, self._state.size))
+        warmstart = np.zeros((n, env.model.nv))  # every action starts from a cold solver, as in env.step
+        vertices = env.vertices_from_qpos(state[:, 1:1 + env.model.nq])  # [N, V, 3]
+        out = []
+        for k in range(h):
+            picked = np.array([pick_vertex(v, a[:2], env.config.pick_tolerance) for v, a in zip(vertices, acts[:, k])])
+            controls = env.controls_for(picked, vertices[np.arange(n), picked], acts[:, k, 2:])
+            physics, _ = self._pool.rollout(env.model, self._datas, state, controls, control_spec=CONTROL_SPEC,
+                                            initial_warmstart=warmstart)
+            state = physics[:, -1]
+            vertices = env.vertices_from_qpos(state[:, 1:1 + env.model.nq])
+            out.append(vertices)
+        return torch.as_tensor(np.stack(out, axis=1), dtype=torch.float32, device=actions.device)

@@ -172,3 +172,17 @@ def pile_particles(env, obs: dict, num_particles: int) -> tuple[np.ndarray, floa
     h, w = depth.shape
     return observation_particles(depth, env.camera.intrinsics(w, h), env.camera.extrinsics(),
                                  num_particles=num_particles, bounds=env.extent_box)
+
+
+CLOTH_VOXEL = 0.025  # m, voxel of the visible cloth points (the mesh's own vertex spacing)
+
+
+def cloth_points(env, obs: dict, voxel_size: float = CLOTH_VOXEL) -> np.ndarray:
+    """A cloth observation's depth image -> the visible cloth surface as voxel-downsampled points
+    [m, 3] (float32, world metres), cropped to the env's workspace."""
+    depth = obs["depth"]
+    h, w = depth.shape
+    box = env.config.workspace
+    points, _ = observation_particles(depth, env.camera.intrinsics(w, h), env.camera.extrinsics(),
+                                      voxel_size=voxel_size, bounds=(-box, box, -box, box), margin=0.003)
+    return points

@@ -1,4 +1,4 @@
-"""Particles that ride on the simulated pieces: training targets for the particle model.
+"""Points that ride on the simulated pieces or cloth: training targets for point-set models.
 
 Particles come from one depth image; each is attached to its nearest piece
 and then moved rigidly with that piece's recorded poses. This gives the
@@ -35,3 +35,17 @@ def move_with_pieces(owner: np.ndarray, offset: np.ndarray, poses: np.ndarray) -
     """owner [m], offset [m, 3], piece poses [T, P, 7] -> particle positions [T, m, 3]."""
     rot = quat_to_matrix(poses[:, owner, 3:])  # [T, m, 3, 3]
     return np.einsum("tmij,mj->tmi", rot, offset) + poses[:, owner, :3]
+
+
+def attach_to_vertices(points: np.ndarray, vertices: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """points [P, 3], mesh vertices [V, 3] -> (the k nearest vertices [P, k], inverse-distance weights
+    [P, k] summing to 1): a point seen on a cloth rides on the vertices around it."""
+    d = np.linalg.norm(points[:, None] - vertices[None], axis=-1)  # [P, V]
+    index = np.argsort(d, axis=1)[:, :k]
+    inv = 1.0 / np.maximum(np.take_along_axis(d, index, axis=1), 1e-4)
+    return index, inv / inv.sum(1, keepdims=True)
+
+
+def move_with_vertices(index: np.ndarray, weight: np.ndarray, vertices: np.ndarray) -> np.ndarray:
+    """index [P, k], weight [P, k], vertices [T, V, 3] -> point positions [T, P, 3]."""
+    return np.einsum("tpkc,pk->tpc", vertices[:, index], weight)

@@ -99,3 +99,33 @@ def overlay_pile(frame: np.ndarray, camera, target: np.ndarray, extent, particle
     if text:
         draw.text((4, 4), text, fill=(255, 255, 255))
     return np.asarray(img)
+
+
+MESH_COLOUR = (255, 220, 0)
+PICK_COLOUR = (230, 40, 40)
+
+
+def overlay_cloth(frame: np.ndarray, camera, action: np.ndarray | None, vertices: np.ndarray,
+                  predicted: np.ndarray | None, edges: np.ndarray, text: str = "") -> np.ndarray:
+    """frame [h, w, 3] uint8; pick-and-place ``action`` [4] (pick x, y, dx, dy); the current
+    ``vertices`` [V, 3]; the ``predicted`` vertices [V, 3] after the action; mesh ``edges`` [E, 2]
+    -> annotated frame: the predicted mesh in yellow lines, the pick point (the vertex the
+    gripper takes) as a red dot with a blue arrow to the place point."""
+    from sim_envs.cloth import pick_vertex
+
+    h, w = frame.shape[:2]
+    img = Image.fromarray(frame)
+    draw = ImageDraw.Draw(img)
+    if predicted is not None:
+        uv = camera.project(predicted, w, h)
+        for i, j in edges:
+            draw.line([tuple(uv[i]), tuple(uv[j])], fill=MESH_COLOUR, width=1)
+    if action is not None:
+        start = vertices[pick_vertex(vertices, action[:2], 0.02)]
+        ends = camera.project(np.array([start, [start[0] + action[2], start[1] + action[3], start[2]]]), w, h)
+        draw.line([tuple(ends[0]), tuple(ends[1])], fill=PUSH_COLOUR, width=3)
+        u, v = ends[0]
+        draw.ellipse([u - 5, v - 5, u + 5, v + 5], fill=PICK_COLOUR)
+    if text:
+        draw.text((4, 4), text, fill=(255, 255, 255))
+    return np.asarray(img)

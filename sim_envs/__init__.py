@@ -7,10 +7,11 @@ from sim_envs.gl import choose_backend
 
 choose_backend()  # before anything imports mujoco
 
+from sim_envs.cloth import ClothEnv  # noqa: E402
 from sim_envs.pile import PileEnv  # noqa: E402
 from sim_envs.push_box import PushBoxEnv  # noqa: E402
 
-_REGISTRY = {PushBoxEnv.name: PushBoxEnv, PileEnv.name: PileEnv}
+_REGISTRY = {PushBoxEnv.name: PushBoxEnv, PileEnv.name: PileEnv, ClothEnv.name: ClothEnv}
 
 
 def available() -> list[str]:

@@ -123,3 +123,27 @@ def test_pile_episodes_hold_particles_from_depth_that_ride_on_the_pieces(tmp_pat
         run_collect(CollectConfig(env="pile", out=str(tmp_path / "x"), episodes=1, images=True))
     with pytest.raises(UserError, match="--particles"):
         run_collect(CollectConfig(env="pile", out=str(tmp_path / "x"), episodes=1, particles="9:3"))
+
+
+def test_cloth_episodes_hold_vertices_per_segment_and_visible_points_on_the_mesh(tmp_path):
+    out = tmp_path / "cloth"
+    result = run_collect(CollectConfig(env="cloth", out=str(out), episodes=2, steps=2, workers=1, seed=3))
+    assert result["diverged_episodes"] == 0
+    meta, episodes = load_dataset(out)
+    k, v = meta["env_spec"]["segments"], meta["env_spec"]["vertices"]
+    for ep in episodes:
+        assert ep["vertices"].shape == (2 * k + 1, v, 3) and ep["segments"].shape == (2 * k, 5)
+        assert ep["actions"].shape == (2, 4) and ep["coverage"].shape == (3,)
+        # the held vertex of each action is the segments' index, and it ends near its commanded place
+        for t in range(2):
+            seg = ep["segments"][t * k:(t + 1) * k]
+            held = int(seg[0, 0])
+            lowered = (seg[:, 4] == 1).nonzero()[0][-1]
+            assert np.linalg.norm(ep["vertices"][t * k + lowered + 1, held] - seg[lowered, 1:4]) < 0.03
+        # visible points: real points (weights sum to 1) riding on nearby vertices, padding has weight 0
+        w = ep["points_weight"]
+        counts = (w.sum(-1) > 0).sum(1)
+        assert np.all(counts > 50)
+        real = w[0, :counts[0]]
+        np.testing.assert_allclose(real.sum(-1), 1.0, rtol=1e-5)
+        assert np.all(w[0, counts[0]:] == 0)

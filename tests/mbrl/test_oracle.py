@@ -58,3 +58,24 @@ def test_pile_oracle_reproduces_env_steps_and_chains_pushes():
             np.testing.assert_allclose(got[:, :3].numpy(), obs["pieces"], atol=1e-5)
             assert torch.all(got[:, 3] == 1)
     oracle.close()
+
+
+def test_cloth_oracle_reproduces_env_steps_and_chains_picks():
+    from mbrl.oracle import ClothOracle
+
+    env = sim_envs.make("cloth")
+    obs, _ = env.reset(seed=2)
+    oracle = ClothOracle(env, threads=2)
+    corner = obs["vertices"][0, :2]
+    actions = torch.tensor([[[corner[0], corner[1], 0.1, -0.05], [0.0, 0.0, 0.05, 0.05]],
+                            [[0.0, 0.0, -0.1, 0.0], [corner[0], corner[1], 0.0, 0.0]]], dtype=torch.float32)
+    predicted = oracle.rollout(actions)  # [2, 2, V, 3]
+    assert predicted.shape == (2, 2, env.num_vertices, 3)
+    start = env.get_state()
+    for i in range(2):
+        env.set_state(start)
+        for k in range(2):
+            obs, *_ = env.step(actions[i, k].double().numpy())
+            np.testing.assert_allclose(predicted[i, k].numpy(), obs["vertices"], atol=1e-5)
+    assert (predicted[0, 0] - predicted[1, 0]).abs().max() > 0.05  # different picks, different cloths
+    oracle.close()
