@@ -17,6 +17,7 @@ from dynamics_models.base import DynamicsModel
 _REGISTRY: dict[str, str] = {
     "keypoint": "dynamics_models.keypoint:KeypointDynamics",
     "mesh": "dynamics_models.mesh:MeshDynamics",
+    "mesh-visible": "dynamics_models.mesh:VisibleMeshDynamics",
     "particle": "dynamics_models.particle:ParticleDynamics",
     "pixel": "dynamics_models.pixel:PixelDynamics",
 }

@@ -59,7 +59,9 @@ class DynamicsModel(nn.Module, abc.ABC):
     Optional hooks (defaults given here)
         ``infer_config(meta, episode) -> dict``: constructor kwargs that
             depend on the data (number of keypoints, action size).
-        ``episode_states(episode) -> (states[T+1, D], actions[T, du])``.
+        ``episode_states(episode) -> (states[T+1, D], actions[T, du])``, or a
+            list of such pieces when the model's nodes change within an
+            episode (visible cloth points, re-observed before every action).
         ``fit_normalisation(batch)``: fit input/output statistics on the
             training windows before the first epoch (buffers, so they are
             saved in ``state_dict``).

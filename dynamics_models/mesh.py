@@ -208,6 +208,7 @@ class MeshDynamics(DynamicsModel):
     name = "mesh"
     env_names = ("cloth",)
     dataset_keys = ("vertices", "segments", "edges", "rest")
+    eval_step_horizons = (1, 5)  # mbrl eval: also the error 1 and 5 steps into a pick-and-place
 
     def __init__(
         self,
@@ -692,3 +693,55 @@ class MeshDynamics(DynamicsModel):
         info = {"loss": float(loss.detach()), "err_1step_m": float(err[0])}
         info[f"err_{pred.shape[1]}step_m"] = float(err[-1])
         return loss, info
+
+
+class VisibleMeshDynamics(MeshDynamics):
+    """The mesh model on the visible cloth only (partial observation, as VCD): nodes are the
+    voxel-downsampled visible points of the depth image, mesh edges are inferred from the
+    first state (``topology = "visible"``: ``visible_k`` nearest within ``visible_edge_cap``).
+
+    Training data: before each pick-and-place the dataset holds the visible points as
+    weights over nearby mesh vertices (``points_index`` [T, P, 3], ``points_weight``
+    [T, P, 3], 0 for padding), which carry them through the action; an episode is one
+    piece per action, each with its own node set (:meth:`episode_states`)."""
+
+    name = "mesh-visible"
+    dataset_keys = ("vertices", "actions", "points_index", "points_weight")
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("topology", "visible")
+        # inferred edges reach 1.6 voxels of mbrl.perception.cloth_points (2.5 cm): axis and diagonal neighbours
+        kwargs.setdefault("visible_edge_cap", 0.04)
+        super().__init__(**kwargs)
+
+    @classmethod
+    def infer_config(cls, meta: Mapping[str, Any], episode: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """The pick-and-place geometry from ``meta["env_spec"]["config"]``, topology ``visible``."""
+        env_cfg = (meta.get("env_spec") or {}).get("config") or {}
+        kw: dict[str, Any] = {key: kind(env_cfg[key]) for key, kind in _GEOMETRY.items() if key in env_cfg}
+        kw.update(topology="visible")
+        return kw
+
+    def episode_states(self, episode: Mapping[str, np.ndarray]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """episode["vertices"] [T*K+1, V, 3], ["actions"] [T, 4], ["points_index"] [T, P, 3],
+        ["points_weight"] [T, P, 3] -> per action (states [K+1, 7P] of the points carried by
+        the vertices, previous positions of step 0 = itself, segments [K, 5] from
+        :meth:`pick_and_place_segments` on the points, as a planner would make them)."""
+        verts = _as_float_tensor(episode["vertices"], self.device)
+        actions = _as_float_tensor(episode["actions"], self.device)
+        index = torch.as_tensor(np.asarray(episode["points_index"]), dtype=torch.long, device=self.device)
+        weight = _as_float_tensor(episode["points_weight"], self.device)
+        k, t = self.steps_per_action, actions.shape[0]
+        if verts.shape[0] != t * k + 1 or index.shape[0] != t or weight.shape != index.shape:
+            raise ValueError(f"{t} actions of {k} steps need {t * k + 1} vertex frames and [{t}, P, 3] points, got "
+                             f"{tuple(verts.shape)}, {tuple(index.shape)}, {tuple(weight.shape)}")
+        pieces = []
+        for a in range(t):
+            frames = verts[a * k:(a + 1) * k + 1]  # [K+1, V, 3]
+            pos = (frames[:, index[a]] * weight[a][None, ..., None]).sum(2)  # [K+1, P, 3]
+            valid = (weight[a].sum(-1) > 0)[None].expand(k + 1, -1)
+            states = self.join_state(pos, torch.cat([pos[:1], pos[:-1]]), valid)
+            with torch.no_grad():
+                segments = self.pick_and_place_segments(states[:1], actions[a:a + 1])[0]
+            pieces.append((states, segments))
+        return pieces

@@ -149,3 +149,26 @@ def smoothing_cost(vertices: torch.Tensor, faces: torch.Tensor, extent: float = 
     """vertices [N, V, 3] m, faces [F, 3] -> cost [N] = -covered area (m^2): the MPC cost of
     cloth smoothing, to apply to the last predicted mesh. Arguments as ``coverage``."""
     return -coverage(vertices, faces, extent, cells, sharpness)
+
+
+def points_coverage(points: torch.Tensor, valid: torch.Tensor, voxel: float, extent: float = 0.4,
+                    cells: int = 64) -> torch.Tensor:
+    """points [N, M, 3] m, valid [N, M] bool -> covered area [N] m^2: the cells (grid as ``coverage``)
+    whose centres lie in the square of side ``voxel`` around any valid point's xy. The
+    coverage of a point set without faces (the visible-points model's prediction); a flat
+    grid of points ``voxel`` apart covers its own area. Not differentiable."""
+    size = 2 * extent / cells
+    reach = math.ceil(voxel / 2 / size)
+    offsets = torch.arange(-reach, reach + 1, device=points.device)
+    grid = torch.stack(torch.meshgrid(offsets, offsets, indexing="xy"), dim=-1).reshape(-1, 2)  # [G, 2] (dx, dy)
+    xy = points[..., :2].detach()
+    cell = torch.floor((xy + extent) / size).long()  # [N, M, 2] (column, row)
+    cand = cell[:, :, None, :] + grid  # [N, M, G, 2]
+    centre = (cand.to(xy.dtype) + 0.5) * size - extent
+    inside = ((centre - xy[:, :, None]).abs() <= voxel / 2).all(-1) & valid[:, :, None]
+    inside &= ((cand >= 0) & (cand < cells)).all(-1)
+    flat = (cand[..., 1] * cells + cand[..., 0]).clamp(0, cells * cells - 1)
+    covered = torch.zeros(points.shape[0], cells * cells, dtype=torch.bool, device=points.device)
+    rows = torch.arange(points.shape[0], device=points.device)[:, None, None].expand_as(flat)
+    covered[rows[inside], flat[inside]] = True
+    return covered.sum(1).to(points.dtype) * size * size

@@ -1,7 +1,7 @@
 """``mbrl plan cloth --task smooth``: receding-horizon MPC of pick-and-places that smooth a cloth.
 
-Each MPC step: observe the cloth (the simulator's mesh, or with a visible-points
-model the voxel-downsampled visible point cloud), plan pick-and-places
+Each MPC step: observe the cloth (the simulator's mesh, or with the
+``mesh-visible`` model the voxel-downsampled visible point cloud), plan pick-and-places
 [N, H, 4] through the mesh model (or the MuJoCo oracle) to maximise the
 predicted covered area, run the first in MuJoCo, repeat. An episode stops
 after ``max_steps`` picks or once the cloth covers ``SMOOTH_FRACTION`` of its
@@ -22,9 +22,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mbrl.cloth_costs import smoothing_cost
+from mbrl.cloth_costs import points_coverage, smoothing_cost
 from mbrl.configs import PlanConfig
+from mbrl.errors import UserError
 from mbrl.oracle import ClothOracle
+from mbrl.perception import CLOTH_VOXEL, cloth_points
 from mbrl.video import overlay_cloth, plot_costs, write_video
 
 SMOOTH_FRACTION = 0.95  # an episode ends early once the cloth covers this fraction of its flat area
@@ -42,13 +44,29 @@ class MeshPredictor:
         self.state = self.model.encode({"vertices": obs["vertices"]}).to(self.device)
 
     def rollout(self, actions: torch.Tensor) -> torch.Tensor:
-        """actions [N, H, 4] -> predicted vertices [N, H, V, 3] after each pick-and-place."""
+        """actions [N, H, 4] -> predicted node positions [N, H, M, 3] after each pick-and-place."""
         states = self.model.rollout_pick_and_place(self.state, actions)
         return self.model.nodes(states)[0]
 
-    def cost(self, vertices: torch.Tensor) -> torch.Tensor:
-        """vertices [N, V, 3] after the plan -> [N] (negative covered area, m^2)."""
-        return smoothing_cost(vertices, self.faces)
+    def cost(self, nodes: torch.Tensor) -> torch.Tensor:
+        """nodes [N, V, 3] after the plan -> [N] (negative covered area of the mesh, m^2)."""
+        return smoothing_cost(nodes, self.faces, extent=self.env.coverage_extent)
+
+
+class VisiblePointsPredictor(MeshPredictor):
+    """The visible-points model (partial observation): its nodes are the voxel-downsampled
+    visible point cloud of each depth image; the cost is the area the points cover."""
+
+    def observe(self, obs: dict) -> None:
+        points = cloth_points(self.env, obs)
+        if len(points) == 0:
+            raise UserError("no cloth points: the depth image shows nothing above the table")
+        self.state = self.model.encode({"vertices": points}).to(self.device)
+
+    def cost(self, nodes: torch.Tensor) -> torch.Tensor:
+        """nodes [N, M, 3] after the plan -> [N] (negative area the points cover, m^2)."""
+        valid = torch.ones(nodes.shape[:2], dtype=torch.bool, device=nodes.device)
+        return -points_coverage(nodes, valid, CLOTH_VOXEL, extent=self.env.coverage_extent)
 
 
 class ClothOraclePredictor(ClothOracle):
@@ -59,7 +77,7 @@ class ClothOraclePredictor(ClothOracle):
 
     def cost(self, vertices: torch.Tensor) -> torch.Tensor:
         faces = torch.as_tensor(self.env.faces, dtype=torch.long, device=vertices.device)
-        return smoothing_cost(vertices, faces)
+        return smoothing_cost(vertices, faces, extent=self.env.coverage_extent)
 
 
 def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video_dir: Path | None) -> dict:
@@ -85,8 +103,9 @@ def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video
         if video_dir is not None:
             with torch.no_grad():
                 predicted = predictor.rollout(action[None, None])[0, 0].cpu().numpy()
+            edges = env.edges if predicted.shape[0] == env.num_vertices else None  # else visible points
             frames.append(overlay_cloth(env.render(), env.camera, action.cpu().numpy(), obs["vertices"], predicted,
-                                        env.edges, f"pick {picks}  coverage {coverages[-1] / flat:.2f}"))
+                                        edges, f"pick {picks}  coverage {coverages[-1] / flat:.2f}"))
         obs, _, diverged, _, info = env.step(np.clip(action.cpu().numpy(), env.action_space.low, env.action_space.high))
         coverages.append(info["coverage"])
         if diverged or info["coverage"] >= SMOOTH_FRACTION * flat:

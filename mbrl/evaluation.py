@@ -32,6 +32,8 @@ HORIZONS = (1, 5, 10, 20)  # env actions: push-box steps, pile pushes
 METRICS = {
     "keypoint": "mean keypoint position error after h open-loop steps",
     "particle": "Chamfer distance (and EMD) of predicted to true particles after h open-loop pushes",
+    "mesh": "mean vertex position error after h open-loop pick-and-places (and 's steps' within one)",
+    "mesh-visible": "mean visible-point position error after h open-loop pick-and-places (and 's steps' within one)",
     "pixel": "RMS pixel error (intensity in [0, 1], not m), PSNR (dB) and SSIM of the frame predicted "
              "after h open-loop steps; the baseline copies the last frame",
 }
@@ -41,12 +43,16 @@ _CHUNK_FLOATS = 2 ** 26  # ... and at most this many floats of predicted states 
 EMD_WINDOWS = 400  # particle models: windows per horizon whose EMD is computed (an exact assignment each)
 
 
-def episode_tensors(model: DynamicsModel, episodes: Iterable[dict], source: str = "dataset") -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Stored episodes -> [(states [T+1, D], actions [T, du])] on the model's device."""
+def episode_tensors(model: DynamicsModel, episodes: Iterable[dict], source: str = "dataset",
+                    first: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Stored episodes -> [(states [T+1, D], actions [T, du])] on the model's device; a model that
+    splits an episode into pieces (a list from ``episode_states``) contributes each piece.
+    ``first``: the index of the first episode, for error messages."""
     out = []
-    for i, ep in enumerate(episodes):
+    for i, ep in enumerate(episodes, start=first):
         try:
-            out.append(model.episode_states(ep))
+            pieces = model.episode_states(ep)
+            out.extend(pieces if isinstance(pieces, list) else [pieces])
         except (ValueError, KeyError) as e:
             raise UserError(f"{source}: episode {i} does not fit model '{model.name}': {e}") from None
     return out
@@ -58,7 +64,8 @@ def rollout_errors(
     episodes: Sequence[tuple[torch.Tensor, torch.Tensor]],
     horizons: Iterable[int] = HORIZONS,
     emd_windows: int = 0,
-) -> dict[int, dict[str, float]]:
+    step_horizons: Iterable[int] = (),
+) -> dict[int | str, dict[str, float]]:
     """Mean h-action open-loop error of ``model`` and of the nothing-moves baseline.
 
     episodes: [(states [T+1, D], actions [T, du])] in model steps.  A model that
@@ -69,14 +76,16 @@ def rollout_errors(
     skipped).  With ``emd_windows`` and a model with ``point_sets`` (particles),
     "model_emd" and "baseline_emd" (earth mover's distance, m) are added, over at
     most that many evenly spaced windows.  For a model with ``frames`` (pixels),
-    "model_psnr", "baseline_psnr" (dB) and "model_ssim", "baseline_ssim" are added."""
+    "model_psnr", "baseline_psnr" (dB) and "model_ssim", "baseline_ssim" are added.
+    ``step_horizons`` adds windows of s model steps from every action boundary
+    (within an action: the mesh model's steps of one pick-and-place), keyed "s steps"."""
     per_action = getattr(model, "steps_per_action", 1)
     was_training = model.training
     model.eval()
-    result: dict[int, dict[str, float]] = {}
+    result: dict[int | str, dict[str, float]] = {}
+    todo = [(h, h * per_action) for h in horizons] + [(f"{s} steps", s) for s in step_horizons]
     try:
-        for h in horizons:
-            steps = h * per_action
+        for h, steps in todo:
             s0, acts, target = [], [], []
             for states, actions in episodes:
                 t = actions.shape[0]
@@ -166,7 +175,8 @@ def run_eval(cfg: EvalConfig) -> dict:
         split, first = "all", 0
 
     tensors = episode_tensors(model, episodes, str(data_dir))
-    errors = rollout_errors(model, tensors, HORIZONS, emd_windows=EMD_WINDOWS)
+    errors = rollout_errors(model, tensors, HORIZONS, emd_windows=EMD_WINDOWS,
+                            step_horizons=getattr(model, "eval_step_horizons", ()))
     if not errors:
         raise UserError(f"dataset {data_dir}: episodes are too short for any horizon in {HORIZONS}")
     result = {
@@ -200,10 +210,10 @@ def format_eval(result: dict) -> str:
     """A small table of an eval result, for the CLI."""
     lines = [
         f"{result['model']} on {result['dataset']} ({result['split']}, {result['episodes']} episodes)",
-        f"{'h':>4} {'model':>11} {'baseline':>13} {'ratio':>7}   ({result['unit']})",
+        f"{'h':>8} {'model':>11} {'baseline':>13} {'ratio':>7}   ({result['unit']})",
     ]
     for h, e in result["horizons"].items():
-        line = f"{h:>4} {e['model']:11.4f} {e['baseline']:13.4f} {e['ratio']:7.2f}"
+        line = f"{h:>8} {e['model']:11.4f} {e['baseline']:13.4f} {e['ratio']:7.2f}"
         if "model_emd" in e:
             line += f"   EMD {e['model_emd']:.4f} vs {e['baseline_emd']:.4f}"
         if "model_psnr" in e:

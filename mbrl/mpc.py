@@ -19,7 +19,7 @@ import planners
 import sim_envs
 from mbrl.checkpoints import check_model_for_env, load_model
 from mbrl.configs import PlanConfig
-from mbrl.cloth_mpc import ClothOraclePredictor, MeshPredictor, run_cloth_plan
+from mbrl.cloth_mpc import ClothOraclePredictor, MeshPredictor, VisiblePointsPredictor, run_cloth_plan
 from mbrl.costs import push_box_cost
 from mbrl.device import resolve_device
 from mbrl.errors import UserError, require_at_least, require_choice
@@ -126,7 +126,7 @@ def make_predictor(cfg: PlanConfig, env, model, device: torch.device):
     if pile:
         return ParticlePredictor(model, env, device)
     if cloth:
-        return MeshPredictor(model, env, device)
+        return VisiblePointsPredictor(model, env, device) if model.name == "mesh-visible" else MeshPredictor(model, env, device)
     if model.name == "pixel":
         return PixelPredictor(model, env, device, cfg.cost or PIXEL_COSTS[0])
     return LearnedPredictor(model, device)

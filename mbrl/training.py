@@ -216,11 +216,10 @@ def run_training(cfg: TrainConfig) -> Path:
             model = cls(**cls.infer_config(meta, episodes[0])).to(device)
         except (KeyError, ValueError) as e:
             raise UserError(f"dataset {cfg.data} does not fit model '{cfg.model}': {e}") from None
-    tensors = episode_tensors(model, episodes, cfg.data)
-    del episodes
-    train_w = Windows(tensors[:num_train], cfg.rollout_steps)
-    val_eps = tensors[num_train:]
-    del tensors  # the training episodes live on in train_w only
+    train_w = Windows(episode_tensors(model, episodes[:num_train], cfg.data), cfg.rollout_steps)
+    val_eps = episode_tensors(model, episodes[num_train:], cfg.data, first=num_train)
+    num_val = len(episodes) - num_train
+    del episodes  # the training episodes live on in train_w only
     try:
         val_w = Windows(val_eps, cfg.rollout_steps)
     except UserError:
@@ -232,9 +231,9 @@ def run_training(cfg: TrainConfig) -> Path:
         **meta,
         "dataset_path": str(Path(cfg.data).resolve()),
         "split": {
-            "num_episodes": num_train + len(val_eps),
+            "num_episodes": num_train + num_val,
             "num_train": num_train,
-            "num_val": len(val_eps),
+            "num_val": num_val,
             "last_train_index": last_train_index,
             "val_fraction": cfg.val_fraction,
         },

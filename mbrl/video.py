@@ -106,11 +106,12 @@ PICK_COLOUR = (230, 40, 40)
 
 
 def overlay_cloth(frame: np.ndarray, camera, action: np.ndarray | None, vertices: np.ndarray,
-                  predicted: np.ndarray | None, edges: np.ndarray, text: str = "") -> np.ndarray:
+                  predicted: np.ndarray | None, edges: np.ndarray | None, text: str = "") -> np.ndarray:
     """frame [h, w, 3] uint8; pick-and-place ``action`` [4] (pick x, y, dx, dy); the current
-    ``vertices`` [V, 3]; the ``predicted`` vertices [V, 3] after the action; mesh ``edges`` [E, 2]
-    -> annotated frame: the predicted mesh in yellow lines, the pick point (the vertex the
-    gripper takes) as a red dot with a blue arrow to the place point."""
+    ``vertices`` [V, 3]; the ``predicted`` nodes [M, 3] after the action; mesh ``edges`` [E, 2]
+    (None: the nodes are points) -> annotated frame: the predicted mesh in yellow lines (or
+    points as yellow dots), the pick point (the vertex the gripper takes) as a red dot with a
+    blue arrow to the place point."""
     from sim_envs.cloth import pick_vertex
 
     h, w = frame.shape[:2]
@@ -118,8 +119,10 @@ def overlay_cloth(frame: np.ndarray, camera, action: np.ndarray | None, vertices
     draw = ImageDraw.Draw(img)
     if predicted is not None:
         uv = camera.project(predicted, w, h)
-        for i, j in edges:
+        for i, j in edges if edges is not None else ():
             draw.line([tuple(uv[i]), tuple(uv[j])], fill=MESH_COLOUR, width=1)
+        for u, v in uv if edges is None else ():
+            draw.ellipse([u - 2, v - 2, u + 2, v + 2], fill=MESH_COLOUR)
     if action is not None:
         start = vertices[pick_vertex(vertices, action[:2], 0.02)]
         ends = camera.project(np.array([start, [start[0] + action[2], start[1] + action[3], start[2]]]), w, h)

@@ -116,6 +116,7 @@ class ClothEnv(gym.Env):
         self.grasped_segments = self.segments - cfg.segments_settle
         self.n_substeps = self.segments * cfg.segment_steps
         self.ncontrol = mujoco.mj_stateSize(m, CONTROL_SPEC)
+        self.coverage_extent = cfg.workspace + 0.1  # m, the coverage raster spans [-extent, extent]^2
         self.max_coverage = self.coverage(self.rest)
         self.render_mode = render_mode
         self.camera = Camera(m, self.data, "top")
@@ -251,7 +252,7 @@ class ClothEnv(gym.Env):
     def coverage(self, vertices: np.ndarray | None = None) -> float:
         """Covered area (m^2) of the cloth (default: the current one) over the workspace."""
         v = self.vertices() if vertices is None else vertices
-        return covered_area(v, self.faces, extent=self.config.workspace + 0.1, cells=self.config.coverage_cells)
+        return covered_area(v, self.faces, extent=self.coverage_extent, cells=self.config.coverage_cells)
 
     def diverged(self, vertices: np.ndarray | None = None) -> bool:
         """Numerical blow-up: a non-finite state, a vertex far off the table, or an edge

@@ -470,3 +470,31 @@ def test_learns_toy_cloth_better_than_nothing_moves(one_thread):
         free_base = float((model.nodes(test["states"][:, 0])[0] - truth).norm(dim=-1)[free].mean())
     assert base > 5e-3  # the actions do move the cloth
     assert base / err >= 2.0 and free_base / free_err >= 2.0, (err, base, free_err, free_base)
+
+
+# -- visible points (partial observation) -------------------------------------------------
+def test_visible_model_turns_an_episode_into_one_piece_per_pick_with_points_riding_on_the_mesh():
+    from dynamics_models.mesh import VisibleMeshDynamics
+
+    model = VisibleMeshDynamics(**{**TINY, **SHORT})
+    assert model.topology == "visible" and dynamics_models.model_class("mesh-visible") is VisibleMeshDynamics
+    k = model.steps_per_action
+    rng = np.random.default_rng(0)
+    frames = REST[None] + rng.normal(0, 0.002, (2 * k + 1, V, 3)).astype(np.float32)  # two picks
+    index = np.zeros((2, 8, 3), np.int16)
+    weight = np.zeros((2, 8, 3), np.float32)
+    index[:, :6] = rng.integers(0, V, (2, 6, 3))
+    weight[:, :6] = 1 / 3  # six real points per observation, two padding slots
+    actions = np.array([[0.0, 0.0, 0.02, 0.0], [0.05, 0.05, 0.0, -0.02]], np.float32)
+    pieces = model.episode_states({"vertices": frames, "actions": actions, "points_index": index,
+                                   "points_weight": weight})
+    assert len(pieces) == 2
+    for a, (states, segments) in enumerate(pieces):
+        assert states.shape == (k + 1, 7 * 8) and segments.shape == (k, 5)
+        pos, valid = model.nodes(states)
+        assert valid[:, :6].all() and not valid[:, 6:].any()
+        expected = frames[a * k:(a + 1) * k + 1][:, index[a, :6]].mean(2)
+        np.testing.assert_allclose(pos[:, :6].numpy(), expected, atol=1e-6)
+        # the segments are the planner's own: the pick rule and the path on the first state
+        np.testing.assert_allclose(segments.numpy(), model.pick_and_place_segments(
+            states[:1], torch.as_tensor(actions[a:a + 1]))[0].numpy(), atol=1e-6)

@@ -147,3 +147,20 @@ def test_smoothing_cost_prefers_the_flat_cloth(mesh):
         assert cost.shape == (4,)
         torch.testing.assert_close(cost, -coverage(batch, faces, sharpness=sharpness))
         assert cost[0] == cost.min() and cost[0] < cost[1]  # flat beats folded beats nothing
+
+
+def test_point_coverage_is_the_footprint_of_the_points():
+    from mbrl.cloth_costs import points_coverage
+
+    g = (torch.arange(14, dtype=torch.float64) - 6.5) * 0.025
+    flat = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    flat = torch.cat([flat, torch.zeros(len(flat), 1, dtype=torch.float64)], -1)
+    stacked = flat.clone()
+    stacked[:, 0] = -stacked[:, 0].abs()  # the right half folded onto the left
+    points = torch.stack([flat, stacked])
+    valid = torch.ones(2, len(flat), dtype=torch.bool)
+    area = points_coverage(points, valid, voxel=0.025, extent=0.45, cells=64)
+    assert float(area[0]) == pytest.approx(0.35 ** 2, rel=0.1)
+    assert float(area[1]) == pytest.approx(float(area[0]) / 2, rel=0.15)
+    valid[0, :98] = False  # half the points missing: half the area
+    assert float(points_coverage(points[:1], valid[:1], 0.025, 0.45, 64)) == pytest.approx(float(area[1]), rel=0.15)

@@ -1,0 +1,99 @@
+"""Cloth smoothing MPC through the real entry point: oracle, mesh and visible-points models."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sim_envs
+from mbrl.cli import main
+from mbrl.cloth_mpc import VisiblePointsPredictor
+from mbrl.perception import cloth_points
+
+EPISODE_KEYS = {"initial_coverage", "final_coverage", "max_coverage", "ni", "picks", "median_plan_ms"}
+
+
+@pytest.fixture(scope="module")
+def cloth_runs(tmp_path_factory):
+    """A tiny cloth dataset and a mesh and a visible-points model trained on it through the CLI."""
+    root = tmp_path_factory.mktemp("cloth")
+    data = root / "data"
+    assert main(["collect", "cloth", "--out", str(data), "--episodes", "3", "--steps", "2", "--workers", "1"]) == 0
+    runs = {}
+    for model in ("mesh", "mesh-visible"):
+        runs[model] = root / model
+        assert main(["train", model, "--data", str(data), "--out", str(runs[model]), "--epochs", "1",
+                     "--batch-size", "4", "--rollout-steps", "10", "--device", "cpu"]) == 0
+    return data, runs
+
+
+def read_metrics(out: Path) -> dict:
+    metrics = json.loads((out / "metrics.json").read_text())
+    for row in metrics["episodes"]:
+        assert EPISODE_KEYS <= set(row)
+        assert row["ni"] == pytest.approx((row["final_coverage"] - row["initial_coverage"])
+                                          / (row["max_coverage"] - row["initial_coverage"]))
+    assert metrics["median_ni"] == pytest.approx(float(np.median([r["ni"] for r in metrics["episodes"]])))
+    return metrics
+
+
+def test_oracle_smoothing_raises_the_coverage(tmp_path):
+    out = tmp_path / "oracle"
+    assert main(["plan", "cloth", "--task", "smooth", "--model", "oracle", "--planner", "cem", "--samples", "12",
+                 "--iterations", "2", "--max-steps", "2", "--episodes", "1", "--seed", "7", "--out", str(out)]) == 0
+    row = read_metrics(out)["episodes"][0]
+    assert row["picks"] <= 2 and row["ni"] > 0.2  # two planned picks smooth a crumpled start markedly
+
+
+@pytest.mark.parametrize("model", ["mesh", "mesh-visible"])
+def test_learned_models_plan_with_video(cloth_runs, model, tmp_path):
+    _, runs = cloth_runs
+    out = tmp_path / model
+    assert main(["plan", "cloth", "--model", str(runs[model]), "--planner", "cem", "--samples", "8",
+                 "--iterations", "2", "--max-steps", "1", "--episodes", "1", "--seed", "3", "--out", str(out),
+                 "--video"]) == 0
+    metrics = read_metrics(out)
+    assert metrics["episodes"][0]["picks"] == 1 and metrics["model"] == str(runs[model])
+    assert (out / "episode_3.mp4").stat().st_size > 1000 and (out / "episode_3_cost.png").exists()
+
+
+def test_learned_models_evaluate_within_and_across_picks(cloth_runs, tmp_path):
+    data, runs = cloth_runs
+    for model, run in runs.items():
+        out = tmp_path / f"{model}.json"
+        assert main(["eval", str(run), "--data", str(data), "--out", str(out)]) == 0
+        horizons = json.loads(out.read_text())["horizons"]
+        assert {"1", "1 steps", "5 steps"} <= set(horizons)
+        assert horizons["1"]["baseline"] > horizons["1 steps"]["baseline"] > 0  # a whole pick moves more
+
+
+def test_the_visible_points_predictor_sees_the_depth_image(cloth_runs):
+    _, runs = cloth_runs
+    from mbrl.checkpoints import load_model
+
+    model, _ = load_model(str(runs["mesh-visible"]), torch.device("cpu"))
+    env = sim_envs.make("cloth")
+    obs, _ = env.reset(seed=4)
+    predictor = VisiblePointsPredictor(model, env, torch.device("cpu"))
+    predictor.observe(obs)
+    points = cloth_points(env, obs)
+    nodes = predictor.rollout(torch.tensor([[[0.0, 0.0, 0.05, 0.0]]]))
+    assert nodes.shape == (1, 1, len(points), 3)
+    # the cost reads the points' own footprint: flat, the points cover what the mesh covers;
+    # crumpled, less (each point's square overhangs the border a little, so a small cloth reads high)
+    crumpled = float(-predictor.cost(torch.as_tensor(points)[None]))
+    obs, _ = env.reset(seed=4, options={"vertices": env.rest})
+    flat = float(-predictor.cost(torch.as_tensor(cloth_points(env, obs))[None]))
+    assert flat == pytest.approx(env.max_coverage, rel=0.1)
+    assert env.coverage() > 0.8 * env.max_coverage and crumpled < 0.5 * flat
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["plan", "cloth", "--task", "fold", "--model", "oracle"], "cloth task"),
+    (["plan", "cloth", "--model", "oracle", "--planner", "gd"], "not differentiable"),
+])
+def test_bad_cloth_plans_are_one_line(args, fragment, tmp_path, capsys):
+    assert main([*args, "--out", str(tmp_path / "p")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0]
