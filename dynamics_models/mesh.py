@@ -49,8 +49,15 @@ One step (:meth:`MeshDynamics.step`), ``x' = 2 x - p + acc_std * decoder(process
 * encoder, lengths in units of ``collision_radius`` (``L``), velocities and
   displacements in units of the ``vel_std`` buffer: nodes
   ``[velocity (x - p) / vel_std (3), is_free, is_kinematic, z / L,
-  commanded displacement (target - x) / vel_std (3; 0 for free nodes)]`` (9),
-  with the table at z = 0; edges j -> i ``[(x_i - x_j) / L (3), norm (1),
+  commanded displacement (target - x) / vel_std (3; 0 for free nodes),
+  and, while a node is held (0 otherwise), where each node is relative to the
+  held one: in the world (x - x_held) / G (3) and in the material
+  (r - r_held) / G (3), with the held node's commanded displacement
+  (target - x_held) / vel_std (3) and a grasp flag (1)]`` (19), with the table
+  at z = 0 and G = ``_GRASP_SCALE``.  The grasp block is this model's answer
+  to an inextensible cloth taking big steps: a node 10 hops from the gripper
+  must move with it in the same step, farther than a few rounds of message
+  passing reach; edges j -> i ``[(x_i - x_j) / L (3), norm (1),
   (r_i - r_j) / L (3), norm (1), is_collision]`` (9) with ``r`` the rest
   positions (0 for collision edges).  MLPs (one hidden layer, SiLU) with
   LayerNorm to ``hidden``.
@@ -90,14 +97,16 @@ _PAIRWISE_CHUNK = 50_000_000
 # graph (a whole horizon per chunk), as dynamics_models.particle does: on CPU
 # per-edge tensors above ~32 MB are allocated by mmap and page-fault on every use.
 _MAX_GRAPH_NODES = {"cpu": 8192, "other": 262_144}
-_NODE_FEATURES = 9
+_NODE_FEATURES = 19
+_GRASP_SCALE = 0.1  # m, unit of the offsets to the held node (the cloth is ~0.35 m across)
 _EDGE_FEATURES = 9
 _TOPOLOGIES = ("mesh", "visible")
 # pick-and-place geometry that infer_config copies from the env config (same names), with its type
 _GEOMETRY = {"segments_lift": int, "segments_move": int, "segments_lower": int, "segments_settle": int,
              "lift_height": float, "place_height": float, "workspace": float, "pick_tolerance": float}
-# (sender, receiver) flat node indices [2, E], rest features [E, 4], collision exclusions [1 or N, M, M]
-FixedGraph = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+# (sender, receiver) flat node indices [2, E], rest features [E, 4], collision exclusions [1 or N, M, M],
+# rest (material) positions of the nodes [1 or N, M, 3]
+FixedGraph = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def _as_float_tensor(x: Any, device: torch.device) -> torch.Tensor:
@@ -488,7 +497,9 @@ class MeshDynamics(DynamicsModel):
           both directions, between valid nodes;
         * rest features [E, 4]: ``(r_i - r_j) / L`` and its norm;
         * exclude [1 or N, M, M] bool: (receiver, sender) pairs that get no
-          collision edge (self, fixed edges, and for ``mesh`` two mesh hops).
+          collision edge (self, fixed edges, and for ``mesh`` two mesh hops);
+        * rest [1 or N, M, 3]: the nodes' material positions (``mesh``: the
+          rest buffer; ``visible``: the first state).
         """
         n, m = valid.shape
         if self.topology == "mesh":
@@ -509,7 +520,8 @@ class MeshDynamics(DynamicsModel):
             recv, send = b * m + i, b * m + j
         flat_valid = valid.reshape(-1)
         keep = flat_valid[recv] & flat_valid[send]
-        return torch.stack([send[keep], recv[keep]]), torch.cat([rel, _safe_norm(rel)], dim=-1)[keep], exclude
+        return (torch.stack([send[keep], recv[keep]]), torch.cat([rel, _safe_norm(rel)], dim=-1)[keep], exclude,
+                ref)
 
     # -- one step: encode, process, decode ---------------------------------------------------
     def step(self, pos: torch.Tensor, prev: torch.Tensor, valid: torch.Tensor, segment: torch.Tensor,
@@ -521,7 +533,7 @@ class MeshDynamics(DynamicsModel):
         target.  Differentiable with respect to ``pos``, ``prev`` and the
         segment's target (the graph's connectivity is not)."""
         n, m, _ = pos.shape
-        fixed, rest, exclude = graph
+        fixed, rest, exclude, material = graph
         scale = self.collision_radius
         idx = segment[:, 0].round().long()
         kin = (torch.arange(m, device=pos.device)[None] == idx[:, None]) & (segment[:, 4:5] > 0.5) & valid  # [N, M]
@@ -539,6 +551,7 @@ class MeshDynamics(DynamicsModel):
         command = (target - pos).reshape(n * m, 3)[vidx] * is_kin
         h = self.node_encoder(torch.cat([
             vel[vidx] / self.vel_std, 1 - is_kin, is_kin, flat[vidx, 2:3] / scale, command / self.vel_std,
+            self._grasp_features(pos, material, segment).reshape(n * m, -1)[vidx],
         ], dim=-1))  # [Vn, H]
 
         # edges: fixed, then collision: [E, 9]
@@ -556,6 +569,23 @@ class MeshDynamics(DynamicsModel):
         acc = self.decoder(h) * self.acc_std  # [Vn, 3] m
         new = flat.index_add(0, vidx, vel[vidx] + acc).reshape(n, m, 3)
         return torch.where(kin.unsqueeze(-1), target, new)
+
+    def _grasp_features(self, pos: torch.Tensor, material: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+        """pos [N, M, 3], material [1 or N, M, 3], segment [N, 5] -> [N, M, 10]: every node's offset
+        to the held node in the world and in the material (/ G), the held node's commanded
+        displacement (/ vel_std), and 1; all 0 while nothing is held."""
+        n, m, _ = pos.shape
+        rows = torch.arange(n, device=pos.device)
+        held = segment[:, 0].round().long().clamp(0, m - 1)
+        grasped = (segment[:, 4:5] > 0.5).to(pos.dtype)[:, None]  # [N, 1, 1]
+        x_held = pos[rows, held]  # [N, 3]
+        material = material.expand(n, -1, -1)
+        return grasped * torch.cat([
+            (pos - x_held[:, None]) / _GRASP_SCALE,
+            (material - material[rows, held][:, None]) / _GRASP_SCALE,
+            ((segment[:, 1:4] - x_held) / self.vel_std)[:, None].expand(n, m, 3),
+            pos.new_ones(n, m, 1),
+        ], dim=-1)
 
     def _steps(self, pos: torch.Tensor, prev: torch.Tensor, valid: torch.Tensor, segments: torch.Tensor,
                graph: FixedGraph) -> tuple[torch.Tensor, torch.Tensor]:

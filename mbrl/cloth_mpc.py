@@ -30,6 +30,7 @@ from mbrl.perception import CLOTH_VOXEL, cloth_points
 from mbrl.video import overlay_cloth, plot_costs, write_video
 
 SMOOTH_FRACTION = 0.95  # an episode ends early once the cloth covers this fraction of its flat area
+SOFT_SHARPNESS = 300.0  # 1/m, soft coverage for gradient planners: ~4 per 1.4 cm cell (see mbrl.cloth_costs)
 
 
 class MeshPredictor:
@@ -49,8 +50,10 @@ class MeshPredictor:
         return self.model.nodes(states)[0]
 
     def cost(self, nodes: torch.Tensor) -> torch.Tensor:
-        """nodes [N, V, 3] after the plan -> [N] (negative covered area of the mesh, m^2)."""
-        return smoothing_cost(nodes, self.faces, extent=self.env.coverage_extent)
+        """nodes [N, V, 3] after the plan -> [N] (negative covered area of the mesh, m^2); the soft,
+        differentiable coverage when a gradient planner asks for gradients."""
+        soft = SOFT_SHARPNESS if nodes.requires_grad else None
+        return smoothing_cost(nodes, self.faces, extent=self.env.coverage_extent, sharpness=soft)
 
 
 class VisiblePointsPredictor(MeshPredictor):

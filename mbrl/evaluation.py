@@ -186,7 +186,8 @@ def run_eval(cfg: EvalConfig) -> dict:
         "env": meta.get("env"),
         "split": split,
         "first_episode": first,
-        "episodes": len(tensors),
+        "episodes": len(episodes),
+        "pieces": len(tensors),  # what the windows come from: episodes, or (visible points) one per action
         "unit": UNITS.get(model.name, "m"),
         "metric": METRICS.get(model.name, "model.position_error after h open-loop actions"),
         "horizons": {str(h): e for h, e in errors.items()},

@@ -224,25 +224,20 @@ def run_plan(cfg: PlanConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", asdict(cfg))
-    if cfg.env == "pile":
+    own_loops = {  # environments with an MPC loop of their own
+        "pile": lambda: run_pile_plan(cfg, env, predictor, lambda: make_planner(cfg, env, device, cfg.seed), device),
+        "cloth": lambda: run_cloth_plan(cfg, env, predictor, make_planner(cfg, env, device, cfg.seed), device),
+    }
+    if cfg.env in own_loops:
         try:
-            metrics = run_pile_plan(cfg, env, predictor, lambda: make_planner(cfg, env, device, cfg.seed), device)
+            metrics = own_loops[cfg.env]()
         finally:
-            if isinstance(predictor, PileOraclePredictor):
+            if isinstance(predictor, (PileOraclePredictor, ClothOraclePredictor)):
                 predictor.close()
             env.close()
         write_json_atomic(out / "metrics.json", metrics)
         return metrics
     planner = make_planner(cfg, env, device, cfg.seed)
-    if cfg.env == "cloth":
-        try:
-            metrics = run_cloth_plan(cfg, env, predictor, planner, device)
-        finally:
-            if isinstance(predictor, ClothOraclePredictor):
-                predictor.close()
-            env.close()
-        write_json_atomic(out / "metrics.json", metrics)
-        return metrics
     rows = []
     bar = tqdm(range(cfg.episodes), desc=f"plan {cfg.model} {cfg.planner}", unit="ep", disable=not sys.stderr.isatty())
     try:

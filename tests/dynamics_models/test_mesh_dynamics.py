@@ -219,7 +219,7 @@ def test_fixed_graph_and_collision_edges():
     pos = torch.as_tensor(np.stack([REST, folded(0.01)]))
     valid = torch.ones(2, V, dtype=torch.bool)
     valid[1, 0] = False
-    fixed, rest, exclude = model.fixed_graph(pos, valid, valid)
+    fixed, rest, exclude, _ = model.fixed_graph(pos, valid, valid)
     # mesh edges in both directions for every sample, minus those of the invalid node
     pairs = {(int(a), int(b)) for a, b in EDGES} | {(int(b), int(a)) for a, b in EDGES}
     want = {(a, b) for a, b in pairs} | {(a + V, b + V) for a, b in pairs if a != 0 and b != 0}
@@ -338,7 +338,7 @@ def test_visible_topology_edges_from_the_first_state_any_count(monkeypatch):
     pts = torch.as_tensor(np.concatenate([rng.uniform(-0.04, 0.04, (m, 2)), rng.uniform(0, 0.01, (m, 1))], 1),
                           dtype=torch.float32)
     state = state_of(pts[None])
-    fixed, rest, exclude = model.fixed_graph(pts[None], torch.ones(1, m, dtype=torch.bool),
+    fixed, rest, exclude, _ = model.fixed_graph(pts[None], torch.ones(1, m, dtype=torch.bool),
                                              torch.ones(1, m, dtype=torch.bool))
     d = torch.cdist(pts, pts) + torch.eye(m) * 1e9
     knn = {(int(j), i) for i in range(m) for j in torch.argsort(d[i])[:3] if d[i, j] <= 0.03}

@@ -46,11 +46,11 @@ def test_oracle_smoothing_raises_the_coverage(tmp_path):
     assert row["picks"] <= 2 and row["ni"] > 0.2  # two planned picks smooth a crumpled start markedly
 
 
-@pytest.mark.parametrize("model", ["mesh", "mesh-visible"])
-def test_learned_models_plan_with_video(cloth_runs, model, tmp_path):
+@pytest.mark.parametrize("model, planner", [("mesh", "cem"), ("mesh", "mppi-gd"), ("mesh-visible", "cem")])
+def test_learned_models_plan_with_video(cloth_runs, model, planner, tmp_path):
     _, runs = cloth_runs
     out = tmp_path / model
-    assert main(["plan", "cloth", "--model", str(runs[model]), "--planner", "cem", "--samples", "8",
+    assert main(["plan", "cloth", "--model", str(runs[model]), "--planner", planner, "--samples", "8",
                  "--iterations", "2", "--max-steps", "1", "--episodes", "1", "--seed", "3", "--out", str(out),
                  "--video"]) == 0
     metrics = read_metrics(out)
