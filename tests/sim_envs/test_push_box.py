@@ -19,7 +19,7 @@ def test_passes_gymnasium_env_checker():
 
 
 def test_registry_rejects_unknown_names_and_options():
-    with pytest.raises(ValueError, match="available: pile, push-box"):
+    with pytest.raises(ValueError, match="available: cloth, pile, push-box"):
         sim_envs.make("push-ball")
     with pytest.raises(ValueError, match="no option"):
         sim_envs.make("push-box", max_pushh=0.1)
