@@ -43,10 +43,10 @@ import numpy as np
 from gymnasium import spaces
 
 from sim_envs.camera import Camera
+from sim_envs.physics_state import FullPhysicsState
 from sim_envs.coverage import covered_area
 
 ASSET = Path(__file__).parent / "assets" / "cloth.xml"
-STATE_SPEC = mujoco.mjtState.mjSTATE_FULLPHYSICS
 CONTROL_SPEC = mujoco.mjtState.mjSTATE_EQ_ACTIVE | mujoco.mjtState.mjSTATE_MOCAP_POS  # [neq, 3]
 TASKS = ("smooth",)
 PARK = (0.0, 0.0, 0.4)  # m, where the idle gripper waits
@@ -88,7 +88,7 @@ def pick_vertex(vertices: np.ndarray, xy: np.ndarray, tolerance: float) -> int:
     return int(candidates[np.lexsort((d[candidates], -vertices[candidates, 2]))[0]])  # highest; ties: nearest
 
 
-class ClothEnv(gym.Env):
+class ClothEnv(FullPhysicsState, gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
     name = "cloth"
 
@@ -219,21 +219,7 @@ class ClothEnv(gym.Env):
         out[:g, 4] = 1.0
         return out
 
-    # -- physics state ---------------------------------------------------------------------
-    def get_state(self) -> np.ndarray:
-        """Full physics state [nstate]."""
-        state = np.empty(mujoco.mj_stateSize(self.model, STATE_SPEC))
-        mujoco.mj_getState(self.model, self.data, state, STATE_SPEC)
-        return state
-
-    def set_state(self, state: np.ndarray) -> None:
-        expected = mujoco.mj_stateSize(self.model, STATE_SPEC)
-        state = np.asarray(state, dtype=np.float64)
-        if state.shape != (expected,):
-            raise ValueError(f"cloth state must have shape ({expected},), got {state.shape}")
-        mujoco.mj_setState(self.model, self.data, state, STATE_SPEC)
-        mujoco.mj_forward(self.model, self.data)
-
+    # -- physics state (get_state / set_state: FullPhysicsState) ---------------------------
     def vertices(self) -> np.ndarray:
         """[V, 3] vertex positions, m."""
         return self.vertices_from_qpos(self.data.qpos)

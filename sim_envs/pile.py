@@ -33,9 +33,9 @@ from gymnasium import spaces
 
 from sim_envs import targets
 from sim_envs.camera import Camera
+from sim_envs.physics_state import FullPhysicsState
 
 ASSET = Path(__file__).parent / "assets" / "pile.xml"
-STATE_SPEC = mujoco.mjtState.mjSTATE_FULLPHYSICS
 PIECE_HALF = 0.008  # m, half the cube side
 BOARD_WIDTH = 0.08  # m, the board's face (sim_envs/assets/pile.xml)
 TASKS = ("gather", "shape")
@@ -84,7 +84,7 @@ def push_yaw(actions: np.ndarray) -> np.ndarray:
     return np.where(moving, np.arctan2(d[..., 1], d[..., 0]), 0.0)
 
 
-class PileEnv(gym.Env):
+class PileEnv(FullPhysicsState, gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
     name = "pile"
 
@@ -178,21 +178,7 @@ class PileEnv(gym.Env):
         idx = self._piece_qadr[:, None] + np.arange(7)
         return qpos[..., idx]
 
-    # -- physics state ---------------------------------------------------------------
-    def get_state(self) -> np.ndarray:
-        """Full physics state [nstate] (the target mask is not part of it: see ``target``)."""
-        state = np.empty(mujoco.mj_stateSize(self.model, STATE_SPEC))
-        mujoco.mj_getState(self.model, self.data, state, STATE_SPEC)
-        return state
-
-    def set_state(self, state: np.ndarray) -> None:
-        expected = mujoco.mj_stateSize(self.model, STATE_SPEC)
-        state = np.asarray(state, dtype=np.float64)
-        if state.shape != (expected,):
-            raise ValueError(f"pile state must have shape ({expected},), got {state.shape}")
-        mujoco.mj_setState(self.model, self.data, state, STATE_SPEC)
-        mujoco.mj_forward(self.model, self.data)
-
+    # -- physics state (get_state / set_state: FullPhysicsState; the target mask is not part of it) --
     def pieces(self) -> np.ndarray:
         """[P, 3] piece centres, m."""
         return self.pieces_from_qpos(self.data.qpos)[:, :3].copy()
