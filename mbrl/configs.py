@@ -33,6 +33,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0  # seed of initialisation, shuffling and augmentation
     resume: bool = False  # continue from RUN/checkpoint.pt
+    init: str = ""  # fine-tune: start from the weights of this run, checkpoint or pretrained:NAME (fresh optimiser and schedule)
 
 
 @dataclass

@@ -13,6 +13,9 @@ The whole loop, for any registered model::
 
 ``--resume`` continues RUN/checkpoint.pt up to ``--epochs`` with the run's own
 saved config (only ``epochs`` and ``device`` are taken from the command line).
+``--init OTHER`` starts a new run from OTHER's weights and normalisation (fine-tuning,
+e.g. with a longer ``--rollout-steps`` or a lower ``--lr``): a fresh optimiser and
+schedule, and, on the same dataset, OTHER's held-out episodes stay held out.
 """
 from __future__ import annotations
 
@@ -153,6 +156,15 @@ def _summary_writer(run: Path, purge_step: int | None):
     return SummaryWriter(str(run / TENSORBOARD_DIR), purge_step=purge_step)
 
 
+def _split_on_same_data(ckpt: dict | None, data: Path) -> dict:
+    """The train/held-out split a checkpoint was trained with, if it was trained on ``data``; else {}."""
+    meta = (ckpt or {}).get("dataset_meta") or {}
+    trained_on = meta.get("dataset_path")
+    if not trained_on or not Path(trained_on).is_dir() or Path(trained_on).resolve() != data.resolve():
+        return {}
+    return meta.get("split") or {}
+
+
 def run_training(cfg: TrainConfig) -> Path:
     """Train ``cfg.model`` on ``cfg.data`` into the run directory ``cfg.out``; returns the checkpoint path."""
     run = Path(cfg.out)
@@ -181,14 +193,19 @@ def run_training(cfg: TrainConfig) -> Path:
     elif ckpt_path.exists():
         raise UserError(f"{run} already holds a checkpoint: pass --resume to continue it, or choose another --out")
     _check_config(cfg)
+    init_ckpt = None
+    if cfg.init and resume_ckpt is None:
+        init_ckpt, _ = read_checkpoint(cfg.init, "cpu")
+    weights_ckpt = resume_ckpt if resume_ckpt is not None else init_ckpt
 
     # -- data ---------------------------------------------------------------------------
     try:
         cls = dynamics_models.model_class(cfg.model)
     except dynamics_models.UnknownModelError as e:
         raise UserError(str(e)) from None
-    if resume_ckpt is not None and resume_ckpt["model_name"] != cfg.model:
-        raise UserError(f"{ckpt_path} is a '{resume_ckpt['model_name']}' model, not '{cfg.model}'")
+    if weights_ckpt is not None and weights_ckpt["model_name"] != cfg.model:
+        source = ckpt_path if resume_ckpt is not None else cfg.init
+        raise UserError(f"{source} is a '{weights_ckpt['model_name']}' model, not '{cfg.model}'")
     meta, episodes = load_dataset(Path(cfg.data), keys=cls.dataset_keys)
     env = meta.get("env")
     if env not in cls.env_names:
@@ -198,8 +215,8 @@ def run_training(cfg: TrainConfig) -> Path:
     # The split is by episode index: training takes the episodes up to ``last_train_index``, so
     # a dataset completed or grown later keeps its held-out episodes held out.
     indices = sorted(finished_indices(Path(cfg.data)))
-    if resume_ckpt is not None:
-        saved_split = (resume_ckpt.get("dataset_meta") or {}).get("split") or {}
+    saved_split = _split_on_same_data(weights_ckpt, Path(cfg.data))
+    if saved_split:
         last_train_index = int(saved_split["last_train_index"])
     else:
         last_train_index = indices[split_episodes(len(episodes), cfg.val_fraction) - 1]
@@ -209,8 +226,8 @@ def run_training(cfg: TrainConfig) -> Path:
                         f"the last one the run trains on: none is held out")
 
     torch.manual_seed(cfg.seed)
-    if resume_ckpt is not None:
-        model = model_from_checkpoint(resume_ckpt, device, ckpt_path)
+    if weights_ckpt is not None:
+        model = model_from_checkpoint(weights_ckpt, device, ckpt_path if resume_ckpt is not None else cfg.init)
     else:
         try:
             model = cls(**cls.infer_config(meta, episodes[0])).to(device)
@@ -224,7 +241,7 @@ def run_training(cfg: TrainConfig) -> Path:
         val_w = Windows(val_eps, cfg.rollout_steps)
     except UserError:
         val_w = None  # held-out episodes shorter than the window: the val loss is skipped
-    if resume_ckpt is None and type(model).fit_normalisation is not DynamicsModel.fit_normalisation:
+    if weights_ckpt is None and type(model).fit_normalisation is not DynamicsModel.fit_normalisation:
         model.fit_normalisation(train_w.all())
 
     dataset_meta = {

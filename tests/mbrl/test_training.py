@@ -129,6 +129,29 @@ def test_resume_reproduces_an_uninterrupted_run(data, tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_init_fine_tunes_from_another_run_and_keeps_its_held_out_episodes(run, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "MIN_STEPS_PER_EPOCH", 5)
+    tuned, fresh = tmp_path / "tuned", tmp_path / "fresh"
+    # a different --val-fraction: the init run's held-out episodes must stay held out anyway
+    run_training(train_cfg(data, tuned, epochs=1, lr=1e-4, rollout_steps=5, val_fraction=0.5, init=str(run)))
+    run_training(train_cfg(data, fresh, epochs=1, lr=1e-4, rollout_steps=5))
+    cfg = json.loads((tuned / "config.json").read_text())
+    assert cfg["dataset"]["num_train"] == 24 and cfg["train"]["init"] == str(run)
+    trained = float(read_log(run)[-1]["val_err_5step_m"])
+    assert float(read_log(tuned)[-1]["val_err_5step_m"]) < 1.5 * trained
+    assert float(read_log(fresh)[-1]["val_err_5step_m"]) > 2 * trained
+    ckpt = torch.load(tuned / "checkpoint.pt", weights_only=True)
+    assert ckpt["train_state"]["epoch"] == 1 and ckpt["train_state"]["train_config"]["rollout_steps"] == 5
+
+
+def test_init_from_a_missing_run_or_another_model_is_refused(run, data, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        run_training(train_cfg(data, tmp_path / "a", init=str(tmp_path / "nothing")))
+    with pytest.raises(UserError, match="is a 'keypoint' model, not 'pixel'"):
+        run_training(train_cfg(data, tmp_path / "b", model="pixel", init=str(run)))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_existing_run_needs_resume(run, data):
     with pytest.raises(UserError, match="--resume"):
         run_training(train_cfg(data, run))
