@@ -570,7 +570,7 @@ class MeshDynamics(DynamicsModel):
 
         # edges: fixed, then collision: [E, 9]
         send, recv = torch.cat([fixed[0], collision[0]]), torch.cat([fixed[1], collision[1]])
-        rel = (flat[recv] - flat[send]) / scale
+        rel = (flat.index_select(0, recv) - flat.index_select(0, send)) / scale
         nc = collision.shape[1]
         e = self.edge_encoder(torch.cat([
             rel, _safe_norm(rel), torch.cat([rest, rest.new_zeros(nc, 4)]),
@@ -597,7 +597,8 @@ class MeshDynamics(DynamicsModel):
         count = flat.new_zeros(n * m).index_add(0, recv, flat.new_ones(recv.shape[0])).clamp_min(1)
         step = ((~kin).reshape(-1).to(flat.dtype) / count).unsqueeze(-1)  # [N*M, 1]: 0 for the kinematic node
         for _ in range(self.inextensible_iterations):
-            d = flat[send] - flat[recv]  # [E, 3] receiver -> sender
+            d = flat.index_select(0, send) - flat.index_select(0, recv)  # [E, 3] receiver -> sender; index_select is
+            # several times faster than advanced indexing on CPU
             correction = 0.5 * (1 - lengths / _safe_norm(d)) * d
             flat = flat + step * torch.zeros_like(flat).index_add(0, recv, correction)
         return flat.reshape(n, m, 3)
