@@ -21,7 +21,7 @@ COMMANDS = {
     "eval": (configs.EvalConfig, "run", "multi-step rollout error of a trained model on held-out episodes"),
     "plan": (configs.PlanConfig, "env", "receding-horizon MPC with a model and a planner"),
     "demo": (configs.DemoConfig, None, "collect, train and plan with video, end to end, in a few minutes"),
-    "bench": (configs.BenchConfig, "what", "benchmarks: planners (overhead), collect (steps/s), particle (GNN vs MuJoCo)"),
+    "bench": (configs.BenchConfig, "what", "benchmarks: planners, collect, particle / pixel / mesh (learned model vs MuJoCo)"),
 }
 
 
