@@ -34,6 +34,7 @@ def read_metrics(out: Path) -> dict:
         assert EPISODE_KEYS <= set(row)
         assert row["ni"] == pytest.approx((row["final_coverage"] - row["initial_coverage"])
                                           / (row["max_coverage"] - row["initial_coverage"]))
+        assert len(row["actions"]) == len(row["planned_coverages"]) == len(row["coverages"]) - 1 == row["picks"]
     assert metrics["median_ni"] == pytest.approx(float(np.median([r["ni"] for r in metrics["episodes"]])))
     return metrics
 
