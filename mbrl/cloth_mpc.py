@@ -89,7 +89,7 @@ def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video
     obs, info = env.reset(seed=seed)
     planner.reset(seed=seed)
     initial, flat = info["coverage"], info["max_coverage"]
-    coverages, plan_ms, planned_costs, actions, frames = [initial], [], [], [], []
+    coverages, plan_ms, planned_costs, executed, frames = [initial], [], [], [], []
 
     def cost_fn(actions: torch.Tensor) -> torch.Tensor:
         return predictor.cost(predictor.rollout(actions)[:, -1])
@@ -104,7 +104,7 @@ def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video
         plan_ms.append(1000 * (time.perf_counter() - t0))
         planned_costs.append(float(result.cost))
         action = result.actions[0].detach()
-        actions.append(action.cpu().tolist())
+        executed.append(action.cpu().tolist())
         if video_dir is not None:
             with torch.no_grad():
                 predicted = predictor.rollout(action[None, None])[0, 0].cpu().numpy()
@@ -127,7 +127,7 @@ def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video
         "median_plan_ms": statistics.median(plan_ms),
         "coverages": coverages,
         "planned_coverages": [-c for c in planned_costs],  # each plan's predicted coverage at its horizon's end
-        "actions": actions,
+        "actions": executed,
         "diverged": bool(info["diverged"]),
     }
     if video_dir is not None:
