@@ -51,6 +51,13 @@ One step, ``pos' = pos + decoder(processor(encoder(graph(pos, action))))``:
 * decoder: MLP from a particle's latent to its displacement in units of the
   ``disp_std`` buffer (one scale for x and y, one for z), de-normalised and
   added to its position.
+* priors (both on by default, also for checkpoints saved before they existed): with ``reach_gate`` only
+  the particles the board's messages reach in ``message_passing_steps``
+  rounds move (:meth:`ParticleDynamics.reached`; elsewhere an untrained or
+  imperfect decoder would make a quasi-static pile drift); with
+  ``board_clearance >= 0`` a particle the board's face swept over is moved
+  out in front of it (:func:`clear_of_board`), since the rigid board cannot
+  pass through pieces, and a network's averaged prediction lags behind it.
 
 Training (:meth:`ParticleDynamics.loss`) rolls the model open loop over a
 window of segments, feeding back its own predictions, and averages the
@@ -156,6 +163,32 @@ def board_points(
     return torch.cat([xy, z], dim=-1), actions[..., 2:4] - actions[..., 0:2]
 
 
+def clear_of_board(
+    before: torch.Tensor, after: torch.Tensor, valid: torch.Tensor, actions: torch.Tensor,
+    width: float, thickness: float, clearance: float,
+) -> torch.Tensor:
+    """Push particles that a segment's board face swept over out in front of it: [N, M, 3] -> [N, M, 3].
+
+    before/after: positions at the segment's start and as predicted at its end, valid [N, M],
+    actions [N, 4] segments (board centre start xy, end xy; m).  A valid particle that was
+    not behind the face at the start (along the push, at most 2 mm behind it), lies within
+    half the board ``width`` across, and is predicted less than ``clearance`` ahead of the
+    face's final position is moved along the push to ``clearance`` ahead of it (a rigid
+    board cannot pass through pieces).  Differentiable in ``after`` and ``actions``."""
+    u = segment_direction(actions)  # [N, 2]
+    v = torch.stack([-u[:, 1], u[:, 0]], dim=-1)
+    start_face = actions[:, 0:2] + 0.5 * thickness * u
+    end_face = actions[:, 2:4] + 0.5 * thickness * u
+    moving = (actions[:, 2:4] - actions[:, 0:2]).pow(2).sum(-1) > 1e-12  # [N]
+    ahead0 = ((before[..., :2] - start_face[:, None]) * u[:, None]).sum(-1)  # [N, M]
+    rel = after[..., :2] - end_face[:, None]
+    ahead1 = (rel * u[:, None]).sum(-1)
+    across = (rel * v[:, None]).sum(-1)
+    swept = valid & moving[:, None] & (ahead0 > -0.002) & (across.abs() < 0.5 * width)
+    shift = torch.where(swept, (clearance - ahead1).clamp_min(0.0), torch.zeros_like(ahead1))
+    return torch.cat([after[..., :2] + shift.unsqueeze(-1) * u[:, None], after[..., 2:]], dim=-1)
+
+
 def chamfer_distance(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -247,6 +280,10 @@ class ParticleDynamics(DynamicsModel):
         message_passing_steps: processor rounds.
         aggregation: ``add`` | ``mean`` of the incoming messages.
         noise_std: m, training noise on the first state's positions.
+        reach_gate: only particles the pusher's messages can reach in
+            ``message_passing_steps`` rounds move; the others keep their positions.
+        board_clearance: m, a particle the board's front face swept over ends at
+            least this far ahead of the face (half a 1.6 cm piece); < 0 turns it off.
     """
 
     name = "particle"
@@ -269,6 +306,8 @@ class ParticleDynamics(DynamicsModel):
         message_passing_steps: int = 3,
         aggregation: str = "add",
         noise_std: float = 0.002,
+        reach_gate: bool = True,
+        board_clearance: float = 0.008,
     ):
         super().__init__()
         for key, value in (("max_particles", max_particles), ("segments_per_push", segments_per_push),
@@ -298,6 +337,8 @@ class ParticleDynamics(DynamicsModel):
         self.message_passing_steps = int(message_passing_steps)
         self.aggregation = aggregation
         self.noise_std = float(noise_std)
+        self.reach_gate = bool(reach_gate)
+        self.board_clearance = float(board_clearance)
         self.state_dim = 4 * self.max_particles
         self.action_dim = 4
 
@@ -325,6 +366,8 @@ class ParticleDynamics(DynamicsModel):
             "message_passing_steps": self.message_passing_steps,
             "aggregation": self.aggregation,
             "noise_std": self.noise_std,
+            "reach_gate": self.reach_gate,
+            "board_clearance": self.board_clearance,
         }
 
     @classmethod
@@ -527,7 +570,25 @@ class ParticleDynamics(DynamicsModel):
         for layer in self.processor:
             h = layer(h, edge_index, e)
         delta = self.decoder(h[:num_p]) * self.disp_std  # [Vp, 3] m
-        return flat_pos.index_add(0, vidx, delta).reshape(n, m, 3)
+        if self.reach_gate:
+            delta = delta * self.reached(pe, qe, n * m)[vidx].unsqueeze(-1)
+        new = flat_pos.index_add(0, vidx, delta).reshape(n, m, 3)
+        if self.board_clearance >= 0:
+            new = clear_of_board(pos, new, valid, action, self.board_width, self.board_thickness,
+                                 self.board_clearance)
+        return new
+
+    @torch.no_grad()
+    def reached(self, particle_edges: torch.Tensor, pusher_edges: torch.Tensor, size: int) -> torch.Tensor:
+        """Flat particles [size] (bool) that the pusher's messages reach in ``message_passing_steps``
+        rounds: the receivers of pusher edges, then ``message_passing_steps - 1`` particle-edge hops.
+        A particle outside this set sees no board and, in a quasi-static pile, does not move."""
+        out = torch.zeros(size, dtype=torch.bool, device=pusher_edges.device)
+        out[pusher_edges[1]] = True
+        send, recv = particle_edges
+        for _ in range(self.message_passing_steps - 1):
+            out[recv[out[send]]] = True  # the right side is read before the write: one hop per round
+        return out
 
     def _rollout_positions(self, pos: torch.Tensor, valid: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """pos [N, M, 3], valid [N, M], actions [N, S, 4] -> positions [N, S, M, 3] after each segment.

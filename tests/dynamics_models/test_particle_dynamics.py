@@ -10,6 +10,7 @@ from dynamics_models.particle import (
     ParticleDynamics,
     board_points,
     chamfer_distance,
+    clear_of_board,
     push_to_segments,
     segment_direction,
 )
@@ -168,6 +169,48 @@ def test_pusher_edges_follow_the_swept_path():
     receivers = set(qe[1].tolist())
     assert receivers == {0, 3}
     assert set(qe[0][qe[1] == 0].tolist()) >= {2}  # the middle board point reaches particle 0
+
+
+def test_only_particles_the_board_reaches_move():
+    """reach_gate: a particle beyond message_passing_steps hops from the board keeps its position."""
+    model = small_model(message_passing_steps=2, radius=0.02, pusher_radius=0.02, board_clearance=-1.0)
+    # a row along +y, 1.5 cm apart, beside a board that moves along +x at y = 0
+    row = torch.tensor([[[0.0, 0.015 * i, 0.008] for i in range(8)]])
+    valid = torch.ones(1, 8, dtype=torch.bool)
+    action = torch.tensor([[-0.03, 0.0, -0.01, 0.0]])
+    pe, qe, _ = model.build_graph(row, valid, *board_points(action, 5, 0.08, 0.01, 0.008))
+    reached = model.reached(pe, qe, 8)
+    receivers = sorted(set(qe[1].tolist()))
+    assert receivers and max(receivers) < 7
+    # the receivers, then one particle-edge hop (radius 2 cm reaches the next particle only)
+    assert reached.tolist() == [i <= max(receivers) + 1 for i in range(8)]
+    moved = (model.step(row, valid, action) - row).norm(dim=-1)[0]
+    assert torch.equal(moved[~reached], torch.zeros(int((~reached).sum())))
+    assert (moved[reached] > 0).all()  # untrained weights move every reached particle
+    ungated = small_model(message_passing_steps=2, radius=0.02, pusher_radius=0.02, board_clearance=-1.0,
+                          reach_gate=False)
+    assert ((ungated.step(row, valid, action) - row).norm(dim=-1)[0][~reached] > 0).all()
+
+
+def test_board_clearance_moves_swept_particles_in_front_of_the_face():
+    # the board's centre moves from x = 0 to 0.05 along +x: its face from x = 0.005 to 0.055
+    action = torch.tensor([[0.0, 0.0, 0.05, 0.0]])
+    before = torch.tensor([[[0.02, 0.0, 0.01],    # ahead of the face at the start, on the path
+                            [0.02, 0.05, 0.01],   # beside the board (|y| > 4 cm)
+                            [-0.02, 0.0, 0.01],   # behind the board at the start
+                            [0.08, 0.01, 0.01]]])  # far ahead, not reached
+    after = before.clone()
+    after[0, 0, 0] = 0.05  # predicted to lag behind the face's end position
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    after.requires_grad_(True)
+    out = clear_of_board(before, after, valid, action, 0.08, 0.01, 0.008)
+    assert out[0, 0].tolist() == pytest.approx([0.055 + 0.008, 0.0, 0.01])
+    assert torch.equal(out[0, 1:], after[0, 1:].detach())
+    out[0, 0, 1].backward()  # across the push the particle is free: its gradient passes through
+    assert after.grad[0, 0, 1] == 1
+    assert torch.equal(clear_of_board(before, after, valid.logical_not(), action, 0.08, 0.01, 0.008), after)
+    still = torch.tensor([[0.02, 0.0, 0.02, 0.0]])  # a zero-length segment pushes nothing
+    assert torch.equal(clear_of_board(before, after, valid, still, 0.08, 0.01, 0.008), after)
 
 
 # -- rollout ----------------------------------------------------------------------------------
