@@ -174,19 +174,14 @@ def clear_of_board(
     not behind the face at the start (along the push, at most 2 mm behind it), lies within
     half the board ``width`` across, and is predicted less than ``clearance`` ahead of the
     face's final position is moved along the push to ``clearance`` ahead of it (a rigid
-    board cannot pass through pieces).
-
-    Gradients: with respect to ``actions`` through the face's position; with respect to
-    ``after`` straight through (the identity), so that a network trained through the
-    projection still learns how far ahead of the face a swept particle ends (a plain
-    clamp would give a lagging prediction no gradient at all)."""
+    board cannot pass through pieces).  Differentiable in ``after`` and ``actions``."""
     u = segment_direction(actions)  # [N, 2]
     v = torch.stack([-u[:, 1], u[:, 0]], dim=-1)
     start_face = actions[:, 0:2] + 0.5 * thickness * u
     end_face = actions[:, 2:4] + 0.5 * thickness * u
     moving = (actions[:, 2:4] - actions[:, 0:2]).pow(2).sum(-1) > 1e-12  # [N]
     ahead0 = ((before[..., :2] - start_face[:, None]) * u[:, None]).sum(-1)  # [N, M]
-    rel = after[..., :2].detach() - end_face[:, None]
+    rel = after[..., :2] - end_face[:, None]
     ahead1 = (rel * u[:, None]).sum(-1)
     across = (rel * v[:, None]).sum(-1)
     swept = valid & moving[:, None] & (ahead0 > -0.002) & (across.abs() < 0.5 * width)

@@ -206,11 +206,8 @@ def test_board_clearance_moves_swept_particles_in_front_of_the_face():
     out = clear_of_board(before, after, valid, action, 0.08, 0.01, 0.008)
     assert out[0, 0].tolist() == pytest.approx([0.055 + 0.008, 0.0, 0.01])
     assert torch.equal(out[0, 1:], after[0, 1:].detach())
-    out[0, 0, 0].backward()  # straight through: the network still learns how far ahead it ends
-    assert after.grad[0, 0].tolist() == [1, 0, 0] and not after.grad[0, 1:].any()
-    act = action.clone().requires_grad_(True)  # the face's end position moves the projected particle
-    clear_of_board(before, after.detach(), valid, act, 0.08, 0.01, 0.008)[0, 0, 0].backward()
-    assert act.grad[0].tolist() == pytest.approx([0, 0, 1, 0], abs=1e-6)
+    out[0, 0, 1].backward()  # across the push the particle is free: its gradient passes through
+    assert after.grad[0, 0, 1] == 1
     assert torch.equal(clear_of_board(before, after, valid.logical_not(), action, 0.08, 0.01, 0.008), after)
     still = torch.tensor([[0.02, 0.0, 0.02, 0.0]])  # a zero-length segment pushes nothing
     assert torch.equal(clear_of_board(before, after, valid, still, 0.08, 0.01, 0.008), after)
