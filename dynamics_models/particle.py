@@ -51,9 +51,9 @@ One step, ``pos' = pos + decoder(processor(encoder(graph(pos, action))))``:
 * decoder: MLP from a particle's latent to its displacement in units of the
   ``disp_std`` buffer (one scale for x and y, one for z), de-normalised and
   added to its position.
-* priors (both on by default, also for checkpoints saved before they existed): with ``reach_gate`` only
-  the particles the board's messages reach in ``message_passing_steps``
-  rounds move (:meth:`ParticleDynamics.reached`; elsewhere an untrained or
+* priors (both on by default, also for checkpoints saved before they
+  existed): with ``reach_gate`` only the particles the board's messages
+  reach in ``message_passing_steps`` rounds move (:meth:`ParticleDynamics.reached`; elsewhere an untrained or
   imperfect decoder would make a quasi-static pile drift); with
   ``board_clearance >= 0`` a particle the board's face swept over is moved
   out in front of it (:func:`clear_of_board`), since the rigid board cannot
@@ -92,6 +92,9 @@ _PAIRWISE_CHUNK = 50_000_000
 # page fault per 4 kB page on every use (glibc's mmap threshold), which made
 # one 256 x 100 particle step ~3x slower than the same work in chunks.
 _MAX_GRAPH_NODES = {"cpu": 8192, "other": 262_144}
+# clear_of_board: a particle up to this far behind the board's face at a segment's start still
+# counts as in front of it (one touching the face, within rounding and the previous step's error).  Metres.
+_BEHIND_FACE_TOLERANCE = 0.002
 _NODE_FEATURES = 6
 _EDGE_FEATURES = 16
 
@@ -171,7 +174,7 @@ def clear_of_board(
 
     before/after: positions at the segment's start and as predicted at its end, valid [N, M],
     actions [N, 4] segments (board centre start xy, end xy; m).  A valid particle that was
-    not behind the face at the start (along the push, at most 2 mm behind it), lies within
+    not behind the face at the start (at most ``_BEHIND_FACE_TOLERANCE`` behind it), lies within
     half the board ``width`` across, and is predicted less than ``clearance`` ahead of the
     face's final position is moved along the push to ``clearance`` ahead of it (a rigid
     board cannot pass through pieces).  Differentiable in ``after`` and ``actions``."""
@@ -184,7 +187,7 @@ def clear_of_board(
     rel = after[..., :2] - end_face[:, None]
     ahead1 = (rel * u[:, None]).sum(-1)
     across = (rel * v[:, None]).sum(-1)
-    swept = valid & moving[:, None] & (ahead0 > -0.002) & (across.abs() < 0.5 * width)
+    swept = valid & moving[:, None] & (ahead0 > -_BEHIND_FACE_TOLERANCE) & (across.abs() < 0.5 * width)
     shift = torch.where(swept, (clearance - ahead1).clamp_min(0.0), torch.zeros_like(ahead1))
     return torch.cat([after[..., :2] + shift.unsqueeze(-1) * u[:, None], after[..., 2:]], dim=-1)
 
