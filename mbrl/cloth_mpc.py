@@ -3,7 +3,9 @@
 Each MPC step: observe the cloth (the simulator's mesh, or with the
 ``mesh-visible`` model the voxel-downsampled visible point cloud), plan pick-and-places
 [N, H, 4] through the mesh model (or the MuJoCo oracle) to maximise the
-predicted covered area, run the first in MuJoCo, repeat. An episode stops
+predicted covered area, run the first in MuJoCo, repeat. With ``--pick-sampling
+cloth`` (the default) the planner's first batch picks at random observed cloth
+points (:func:`pick_proposals`); later batches are the planner's own. An episode stops
 after ``max_steps`` picks or once its normalised improvement reaches
 ``STOP_NI`` (VCD's rule).
 
@@ -31,6 +33,7 @@ from mbrl.video import overlay_cloth, plot_costs, write_video
 
 STOP_NI = 0.95  # an episode ends early once NI reaches this (as in VCD; a stop on a fixed fraction of the flat
 # area would cap the NI of well-spread starts: from 88% coverage, stopping at 95% ends at NI 0.58)
+PICK_SAMPLING = ("cloth", "uniform")  # --pick-sampling: the first batch's picks at cloth points, or uniform
 SOFT_SHARPNESS = 300.0  # 1/m, soft coverage for gradient planners: ~4 per 1.4 cm cell (see mbrl.cloth_costs)
 
 
@@ -41,9 +44,11 @@ class MeshPredictor:
         self.model, self.env, self.device = model.to(device).eval(), env, device
         self.faces = torch.as_tensor(env.faces, dtype=torch.long, device=device)
         self.state = None
+        self.points = None  # [M, 3] the observed cloth points (the vertices, or the visible points)
 
     def observe(self, obs: dict) -> None:
-        self.state = self.model.encode({"vertices": obs["vertices"]}).to(self.device)
+        self.points = obs["vertices"]
+        self.state = self.model.encode({"vertices": self.points}).to(self.device)
 
     def rollout(self, actions: torch.Tensor) -> torch.Tensor:
         """actions [N, H, 4] -> predicted node positions [N, H, M, 3] after each pick-and-place."""
@@ -65,6 +70,7 @@ class VisiblePointsPredictor(MeshPredictor):
         points = cloth_points(self.env, obs)
         if len(points) == 0:
             raise UserError("no cloth points: the depth image shows nothing above the table")
+        self.points = points
         self.state = self.model.encode({"vertices": points}).to(self.device)
 
     def cost(self, nodes: torch.Tensor) -> torch.Tensor:
@@ -78,10 +84,23 @@ class ClothOraclePredictor(ClothOracle):
 
     def observe(self, obs: dict | None = None) -> None:
         super().observe()
+        self.points = self.env.vertices()
 
     def cost(self, vertices: torch.Tensor) -> torch.Tensor:
         faces = torch.as_tensor(self.env.faces, dtype=torch.long, device=vertices.device)
         return smoothing_cost(vertices, faces, extent=self.env.coverage_extent)
+
+
+def pick_proposals(points: np.ndarray, n: int, horizon: int, low: np.ndarray, high: np.ndarray,
+                   rng: np.random.Generator) -> torch.Tensor:
+    """[n, horizon, 4] pick-and-places that pick at random observed cloth points [M, 3] (VCD samples
+    its picks on the visible cloth), their moves uniform in the bounds ``low``, ``high`` [4].
+
+    A uniform pick in the workspace mostly lands off the cloth and snaps to its border;
+    these picks spread over the cloth, the folds (two layers: twice the points) included."""
+    picks = points[rng.integers(len(points), size=(n, horizon)), :2]
+    moves = rng.uniform(low[2:], high[2:], size=(n, horizon, 2))
+    return torch.as_tensor(np.concatenate([picks, moves], axis=-1), dtype=torch.float32)
 
 
 def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video_dir: Path | None) -> dict:
@@ -90,6 +109,8 @@ def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video
     planner.reset(seed=seed)
     initial, flat = info["coverage"], info["max_coverage"]
     coverages, plan_ms, planned_costs, executed, frames = [initial], [], [], [], []
+    rng = np.random.default_rng(seed)
+    low, high = env.action_space.low, env.action_space.high
 
     def cost_fn(actions: torch.Tensor) -> torch.Tensor:
         return predictor.cost(predictor.rollout(actions)[:, -1])
@@ -98,7 +119,10 @@ def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video
     for picks in range(1, cfg.max_steps + 1):
         predictor.observe(obs)
         t0 = time.perf_counter()
-        result = planner.plan(cost_fn)
+        proposals = None
+        if cfg.pick_sampling == "cloth":
+            proposals = pick_proposals(predictor.points, planner.num_samples, planner.horizon, low, high, rng)
+        result = planner.plan(cost_fn, proposals=proposals)
         if result.actions.is_cuda:
             torch.cuda.synchronize()
         plan_ms.append(1000 * (time.perf_counter() - t0))
@@ -111,7 +135,7 @@ def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video
             edges = env.edges if predicted.shape[0] == env.num_vertices else None  # else visible points
             frames.append(overlay_cloth(env.render(), env.camera, action.cpu().numpy(), obs["vertices"], predicted,
                                         edges, f"pick {picks}  coverage {coverages[-1] / flat:.2f}"))
-        obs, _, diverged, _, info = env.step(np.clip(action.cpu().numpy(), env.action_space.low, env.action_space.high))
+        obs, _, diverged, _, info = env.step(np.clip(action.cpu().numpy(), low, high))
         coverages.append(info["coverage"])
         if diverged or info["coverage"] - initial >= STOP_NI * (flat - initial):
             break

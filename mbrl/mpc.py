@@ -19,7 +19,7 @@ import planners
 import sim_envs
 from mbrl.checkpoints import check_model_for_env, load_model
 from mbrl.configs import PlanConfig
-from mbrl.cloth_mpc import ClothOraclePredictor, MeshPredictor, VisiblePointsPredictor, run_cloth_plan
+from mbrl.cloth_mpc import PICK_SAMPLING, ClothOraclePredictor, MeshPredictor, VisiblePointsPredictor, run_cloth_plan
 from mbrl.costs import push_box_cost
 from mbrl.device import resolve_device
 from mbrl.errors import UserError, require_at_least, require_choice
@@ -81,6 +81,7 @@ def check_config(cfg: PlanConfig) -> PlanConfig:
             raise UserError(f"--plan-budget must be a positive number of seconds, got {cfg.plan_budget}")
     elif cfg.env == "cloth":
         require_choice("cloth task", cfg.task or "smooth", CLOTH_TASKS)
+        require_choice("--pick-sampling", cfg.pick_sampling, PICK_SAMPLING)
     elif cfg.task:
         raise UserError(f"--task is for the pile and cloth environments; {cfg.env} has one task")
     require_choice("--success", cfg.success, SUCCESS_RULES)

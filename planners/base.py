@@ -128,6 +128,7 @@ class Planner(abc.ABC):
         self.generator.manual_seed(self.seed)
         self._warm: Optional[Tensor] = None  # [H, du] shifted last solution
         self._started_warm = False  # whether the current plan() started from the warm start
+        self._proposals: Optional[Tensor] = None  # [K, H, du] the current plan()'s proposals, until the first batch
 
     # -- construction helpers -------------------------------------------------
 
@@ -154,17 +155,24 @@ class Planner(abc.ABC):
 
     # -- public API -----------------------------------------------------------
 
-    def plan(self, cost_fn: CostFn, init: Optional[Tensor] = None) -> PlanResult:
+    def plan(self, cost_fn: CostFn, init: Optional[Tensor] = None, proposals: Optional[Tensor] = None) -> PlanResult:
         """Optimise an action sequence.
 
         Args:
             cost_fn: ``U: [N, H, du] -> [N]`` costs, lower is better.
             init: optional [H, du] initial sequence; overrides the warm start.
+            proposals: optional [K, H, du] sequences from outside knowledge (say, picks on a cloth)
+                that the first batch evaluates in place of as many of its random samples (at most
+                all of them but the start); clamped onto the bounds.
         Returns:
             PlanResult with ``actions: [H, du]`` inside the bounds.
         """
         start = self._start(init)
-        sol = self._optimize(cost_fn, start)
+        self._proposals = None if proposals is None else self._check_proposals(proposals)
+        try:
+            sol = self._optimize(cost_fn, start)
+        finally:
+            self._proposals = None
         self._warm = self.shift(sol.actions if sol.warm is None else sol.warm)
         history = torch.stack(sol.history).tolist() if sol.history else []
         traj = sol.trajectories if self.cfg.num_display > 0 else None
@@ -202,6 +210,22 @@ class Planner(abc.ABC):
         shape = (self.horizon, self.du)
         _check(tuple(init.shape) == shape, f"init must have shape [H, du] = {list(shape)}, got {list(init.shape)}")
         return self.clamp(init.clone())
+
+    def _check_proposals(self, proposals: Tensor) -> Tensor:
+        proposals = torch.as_tensor(proposals).detach().to(self.device, self.dtype)
+        shape = (self.horizon, self.du)
+        _check(proposals.dim() == 3 and tuple(proposals.shape[1:]) == shape,
+               f"proposals must have shape [K, H, du] = [K, {shape[0]}, {shape[1]}], got {list(proposals.shape)}")
+        return self.clamp(proposals.clone())
+
+    def _propose(self, U: Tensor) -> Tensor:
+        """Rows 1.. of a batch ``U: [n, H, du]`` (row 0 holds the start or mean) become the plan's
+        proposals, once per ``plan`` call: the first batch calls this. Returns U."""
+        if self._proposals is not None:
+            k = min(self._proposals.shape[0], U.shape[0] - 1)
+            U[1 : 1 + k] = self._proposals[:k]
+            self._proposals = None
+        return U
 
     def clamp(self, U: Tensor) -> Tensor:
         """Clamp ``U: [..., H, du]`` onto the bounds in place and return it."""

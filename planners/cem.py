@@ -63,6 +63,7 @@ class CEM(Planner):
             U = self.clamp(torch.addcmul(mean, noise, std))
             if cfg.include_mean:
                 U[0] = mean
+            self._propose(U)
             costs = self._evaluate(cost_fn, U)  # [N]
             top_c, top_U = top_sequences(costs, U, max(k, cfg.num_display))  # best first
             best_cost, best_U = keep_better(best_cost, best_U, top_c[0], top_U[0])

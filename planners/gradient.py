@@ -125,6 +125,7 @@ class GradientDescent(_AdamMixin):
     def _optimize(self, cost_fn: CostFn, start: Tensor) -> _Solution:
         U0 = self._uniform(self.num_starts)  # [S, H, du]
         U0[0] = start
+        self._propose(U0)
         best_c, best_U, history = self._refine(cost_fn, U0)
         top_c, top_U = top_sequences(best_c, best_U, max(1, self.cfg.num_display))
         return _Solution(top_U[0], top_c[0], top_U[: self.cfg.num_display], history)
@@ -162,7 +163,8 @@ class SampleThenGradient(_AdamMixin):
         self.sampler.reset()
 
     def _optimize(self, cost_fn: CostFn, start: Tensor) -> _Solution:
-        sampled = self.sampler.plan(cost_fn, init=start)  # the sampler warm-starts from our start
+        sampled = self.sampler.plan(cost_fn, init=start, proposals=self._proposals)  # warm-started from our start
+        self._proposals = None
         starts = [sampled.actions[None]]
         if self.cfg.top_k > 0 and sampled.trajectories is not None:
             starts.append(sampled.trajectories[: self.cfg.top_k])

@@ -111,6 +111,7 @@ class ICEM(Planner):
                 U[-1] = mean
             if i == 0 and n_old == 0:  # nothing kept to continue from: evaluate the start itself
                 U[0] = start
+            self._propose(U[max(n_old - 1, 0) : n - (i == last)])  # proposals after the kept elites
             costs = self._evaluate(cost_fn, U)
             top_c, top_U = top_sequences(costs, U, max(k, cfg.num_display))  # best first
             best_cost, best_U = keep_better(best_cost, best_U, top_c[0], top_U[0])

@@ -59,6 +59,7 @@ class MPPI(Planner):
             noise = self._randn(N, H, du, antithetic=cfg.antithetic)
             U = self.clamp(torch.addcmul(nominal, noise, sigma))  # [N, H, du]
             U[0] = nominal
+            self._propose(U)
             costs = self._evaluate(cost_fn, U)  # [N]
             c, i = costs.min(0)
             best_cost, best_U = keep_better(best_cost, best_U, c, U[i])

@@ -34,6 +34,7 @@ class RandomShooting(Planner):
             U = self._uniform(self.num_samples)  # [N, H, du]
             if it == 0 and self.cfg.include_start:
                 U[0] = start
+            self._propose(U)
             costs = self._evaluate(cost_fn, U)  # [N]
             best_cost, best_U = track_best(best_cost, best_U, costs, U)
             history.append(best_cost)

@@ -8,7 +8,7 @@ import torch
 
 import sim_envs
 from mbrl.cli import main
-from mbrl.cloth_mpc import VisiblePointsPredictor
+from mbrl.cloth_mpc import VisiblePointsPredictor, pick_proposals
 from mbrl.perception import cloth_points
 
 EPISODE_KEYS = {"initial_coverage", "final_coverage", "max_coverage", "ni", "picks", "median_plan_ms"}
@@ -90,8 +90,22 @@ def test_the_visible_points_predictor_sees_the_depth_image(cloth_runs):
     assert env.coverage() > 0.8 * env.max_coverage and crumpled < 0.5 * flat
 
 
+def test_pick_proposals_pick_at_cloth_points_and_move_within_the_bounds():
+    env = sim_envs.make("cloth")
+    obs, _ = env.reset(seed=4)
+    low, high = env.action_space.low, env.action_space.high
+    proposals = pick_proposals(obs["vertices"], 500, 2, low, high, np.random.default_rng(0)).numpy()
+    assert proposals.shape == (500, 2, 4)
+    gap = np.linalg.norm(proposals[:, :, None, :2] - obs["vertices"][None, None, :, :2], axis=-1).min(-1)
+    assert gap.max() < 1e-6  # every pick is at a cloth vertex ...
+    assert len(np.unique(proposals[:, 0, :2].round(6), axis=0)) > 150  # ... spread over many of them
+    moves = proposals[..., 2:]
+    assert (moves >= low[2:]).all() and (moves <= high[2:]).all() and moves.std() > 0.5 * high[2] / np.sqrt(3)
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["plan", "cloth", "--task", "fold", "--model", "oracle"], "cloth task"),
+    (["plan", "cloth", "--model", "oracle", "--pick-sampling", "corners"], "--pick-sampling"),
     (["plan", "cloth", "--model", "oracle", "--planner", "gd"], "not differentiable"),
 ])
 def test_bad_cloth_plans_are_one_line(args, fragment, tmp_path, capsys):

@@ -267,3 +267,24 @@ def test_iterative_samplers_find_the_optimum_within_a_few_warm_started_calls(nam
     for _ in range(5):
         res = p.plan(quadratic(target))
     assert (res.actions - target).abs().max() < 0.06
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_proposals_fill_the_first_batch_once(name):
+    target = torch.tensor([[0.3, 1.7]] * H)  # inside the bounds; a random 12-d sample lies far from it
+    cost = Recorder(quadratic(target))
+    proposals = torch.stack([target, torch.zeros(H, DU), torch.full((H, DU), 9.0)])  # the last is clamped
+    res = make(name, **({"iterations": 2} if name in SAMPLERS else {})).plan(cost, proposals=proposals)
+    first = cost.batches[0]
+    clamped = torch.stack([target, torch.zeros(H, DU), torch.tensor(HIGH).expand(H, DU)])
+    assert torch.allclose(first[1:4], clamped, atol=1e-6)  # gd evaluates them through its parameterisation
+    assert res.cost <= 1e-6  # the optimum was among the proposals: the best evaluated is returned
+    if name != "gd":  # gd refines the same starts at every step; a sampler's later batches are its own
+        assert not any((U[1:4] == clamped).all()
+                       for U in cost.batches[1:])
+
+
+@pytest.mark.parametrize("name", ["rs", "cem"])
+def test_proposals_must_be_sequences_of_the_planners_shape(name):
+    with pytest.raises(ValueError, match=r"proposals must have shape \[K, H, du\]"):
+        make(name).plan(quadratic(torch.zeros(H, DU)), proposals=torch.zeros(3, H + 1, DU))
