@@ -9,6 +9,7 @@ shifted by one step::
     import planners
     p = planners.make("cem", horizon=10, num_samples=500, action_low=[-1, -1], action_high=[1, 1])
     res = p.plan(cost_fn)          # res.actions: [H, du], res.cost: float
+    res = p.plan(cost_fn, proposals=P)  # P [K, H, du]: the first batch evaluates these (outside knowledge)
     p.reset()                      # new episode: forget the warm start
 
 Planners (:func:`available`) and their hyperparameters (``Config`` dataclass
