@@ -206,17 +206,20 @@ class Planner(abc.ABC):
         self._started_warm = init is None and self._warm is not None
         if init is None:
             return self._warm if self._warm is not None else self.mid_hd.clone()
-        init = torch.as_tensor(init).detach().to(self.device, self.dtype)
-        shape = (self.horizon, self.du)
-        _check(tuple(init.shape) == shape, f"init must have shape [H, du] = {list(shape)}, got {list(init.shape)}")
-        return self.clamp(init.clone())
+        return self._clamped_copy(init, "init", "[H, du]", batched=False)
 
     def _check_proposals(self, proposals: Tensor) -> Tensor:
-        proposals = torch.as_tensor(proposals).detach().to(self.device, self.dtype)
+        return self._clamped_copy(proposals, "proposals", "[K, H, du]", batched=True)
+
+    def _clamped_copy(self, U: Tensor, what: str, layout: str, batched: bool) -> Tensor:
+        """A clamped copy of the user's sequence [H, du] (``batched``: sequences [K, H, du]) on our
+        device and dtype; ValueError names ``what`` and its expected ``layout`` when the shape is wrong."""
+        U = torch.as_tensor(U).detach().to(self.device, self.dtype)
         shape = (self.horizon, self.du)
-        _check(proposals.dim() == 3 and tuple(proposals.shape[1:]) == shape,
-               f"proposals must have shape [K, H, du] = [K, {shape[0]}, {shape[1]}], got {list(proposals.shape)}")
-        return self.clamp(proposals.clone())
+        ok = (U.dim() == 3 and tuple(U.shape[1:]) == shape) if batched else tuple(U.shape) == shape
+        expected = list(shape) if not batched else f"[K, {shape[0]}, {shape[1]}]"
+        _check(ok, f"{what} must have shape {layout} = {expected}, got {list(U.shape)}")
+        return self.clamp(U.clone())
 
     def _propose(self, U: Tensor) -> Tensor:
         """Rows 1.. of a batch ``U: [n, H, du]`` (row 0 holds the start or mean) become the plan's

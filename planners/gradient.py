@@ -164,7 +164,6 @@ class SampleThenGradient(_AdamMixin):
 
     def _optimize(self, cost_fn: CostFn, start: Tensor) -> _Solution:
         sampled = self.sampler.plan(cost_fn, init=start, proposals=self._proposals)  # warm-started from our start
-        self._proposals = None
         starts = [sampled.actions[None]]
         if self.cfg.top_k > 0 and sampled.trajectories is not None:
             starts.append(sampled.trajectories[: self.cfg.top_k])
