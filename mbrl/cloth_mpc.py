@@ -7,13 +7,19 @@ predicted covered area, run the first in MuJoCo, repeat. With ``--pick-sampling
 cloth`` (the default) the planner's first batch picks at random observed cloth
 points (:func:`pick_proposals`); later batches are the planner's own. An episode stops
 after ``max_steps`` picks or once its normalised improvement reaches
-``STOP_NI`` (VCD's rule).
+``STOP_NI`` (VCD's rule). With ``--record DIR`` the executed episodes are also
+written as a cloth dataset (DAgger-style data aggregation: ``mbrl train mesh
+--data DIR --init RUN`` fine-tunes the model on the states its own plans reach).
+Episode ``i`` of the dataset is the one from seed ``meta seed + i``, as in ``mbrl
+collect``, so runs with the same planning options and other seeds (in parallel,
+say) add their episodes to one DIR.
 
 Normalised improvement, per episode: NI = (final - initial) / (max - initial),
 with ``max`` the flat cloth's covered area.
 """
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -25,10 +31,12 @@ import torch
 from tqdm import tqdm
 
 from mbrl.cloth_costs import points_coverage, smoothing_cost
+from mbrl.collect import ClothEpisodeRecorder
 from mbrl.configs import PlanConfig
 from mbrl.errors import UserError
 from mbrl.oracle import ClothOracle
 from mbrl.perception import CLOTH_VOXEL, cloth_points
+from mbrl.store import META_NAME, SCHEMA_VERSION, episode_path, finished_indices, read_meta, write_episode, write_json_atomic
 from mbrl.video import overlay_cloth, plot_costs, write_video
 
 STOP_NI = 0.95  # an episode ends early once NI reaches this (as in VCD; a stop on a fixed fraction of the flat
@@ -103,9 +111,12 @@ def pick_proposals(points: np.ndarray, n: int, horizon: int, low: np.ndarray, hi
     return torch.as_tensor(np.concatenate([picks, moves], axis=-1), dtype=torch.float32)
 
 
-def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video_dir: Path | None) -> dict:
-    """One MPC episode from a crumpled start ``env.reset(seed=seed)``; returns its metrics row."""
+def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video_dir: Path | None,
+                      recorder: type[ClothEpisodeRecorder] | None = None) -> tuple[dict, dict | None]:
+    """One MPC episode from a crumpled start ``env.reset(seed=seed)``; returns its metrics row and,
+    with a ``recorder`` class, the episode's dataset arrays (else None)."""
     obs, info = env.reset(seed=seed)
+    record = recorder(env, obs, info) if recorder is not None else None
     planner.reset(seed=seed)
     initial, flat = info["coverage"], info["max_coverage"]
     coverages, plan_ms, planned_costs, executed, frames = [initial], [], [], [], []
@@ -135,7 +146,11 @@ def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video
             edges = env.edges if predicted.shape[0] == env.num_vertices else None  # else visible points
             frames.append(overlay_cloth(env.render(), env.camera, action.cpu().numpy(), obs["vertices"], predicted,
                                         edges, f"pick {picks}  coverage {coverages[-1] / flat:.2f}"))
+        if record is not None:
+            record.before_step(obs)
         obs, _, diverged, _, info = env.step(np.clip(action.cpu().numpy(), low, high))
+        if record is not None:
+            record.after_step(info)
         coverages.append(info["coverage"])
         if diverged or info["coverage"] - initial >= STOP_NI * (flat - initial):
             break
@@ -159,15 +174,55 @@ def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video
                                     f"final: coverage {final / flat:.2f}, NI {row['ni']:.2f}"))
         write_video(video_dir / f"episode_{seed}.mp4", frames, fps=1)
         plot_costs(video_dir / f"episode_{seed}_cost.png", planned_costs, f"seed {seed}: planned cost per pick")
-    return row
+    return row, record.arrays() if record is not None else None
 
 
-def run_cloth_plan(cfg: PlanConfig, env, predictor, planner, device: torch.device) -> dict:
+def recording_meta(cfg: PlanConfig, env) -> dict:
+    """``meta.json`` of a ``--record`` dataset: as ``mbrl collect cloth`` writes it, the policy being the MPC."""
+    return json.loads(json.dumps({  # as it reads back from disk (tuples -> lists)
+        "schema_version": SCHEMA_VERSION,
+        "env": "cloth",
+        "env_spec": env.spec_dict(),
+        "episodes": cfg.episodes,
+        "steps_per_episode": cfg.max_steps,
+        "seed": cfg.seed,
+        "images": False,
+        "policy": f"mpc: {cfg.model}, {cfg.planner} {cfg.samples} x {cfg.iterations} horizon {cfg.horizon}, "
+                  f"picks {cfg.pick_sampling}",
+    }))
+
+
+def open_recording(cfg: PlanConfig, env) -> int:
+    """Create (or check and join) the ``--record`` dataset; returns the index of this run's first episode."""
+    root, meta = Path(cfg.record), recording_meta(cfg, env)
+    if not (root / META_NAME).exists():
+        write_json_atomic(root / META_NAME, meta)
+        return 0
+    old = read_meta(root)
+    diff = [k for k in ("env", "env_spec", "steps_per_episode", "policy") if old.get(k) != meta.get(k)]
+    if diff:
+        raise UserError(f"--record {root} holds episodes recorded with different {', '.join(diff)}; choose a new directory")
+    first = cfg.seed - int(old["seed"])
+    taken = sorted(set(range(first, first + cfg.episodes)) & finished_indices(root))
+    if first < 0 or taken:
+        what = f"seeds below its first, {old['seed']}" if first < 0 else f"episode {episode_path(root, taken[0])}"
+        raise UserError(f"--record {root} already holds {what}; choose other --seed or a new directory")
+    write_json_atomic(root / META_NAME, {**old, "episodes": max(int(old["episodes"]), first + cfg.episodes)})
+    return first
+
+
+def run_cloth_plan(cfg: PlanConfig, env, predictor, planner, device: torch.device, first_recorded: int = 0) -> dict:
+    """Run ``cfg.episodes`` MPC episodes; with ``cfg.record`` (opened by :func:`open_recording`, whose
+    index is ``first_recorded``) each is also written to the recording. Returns metrics.json's dict."""
     out = Path(cfg.out)
     rows = []
     bar = tqdm(range(cfg.episodes), desc=f"plan {cfg.model} {cfg.planner}", unit="ep", disable=not sys.stderr.isatty())
     for i in bar:
-        rows.append(run_cloth_episode(cfg, env, predictor, planner, cfg.seed + i, out if cfg.video else None))
+        row, arrays = run_cloth_episode(cfg, env, predictor, planner, cfg.seed + i, out if cfg.video else None,
+                                        ClothEpisodeRecorder if cfg.record else None)
+        rows.append(row)
+        if arrays is not None:
+            write_episode(Path(cfg.record), first_recorded + i, arrays)
         bar.set_postfix(ni=f"{statistics.median(r['ni'] for r in rows):.2f}")
     return {
         "episodes": rows,

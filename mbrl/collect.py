@@ -83,41 +83,61 @@ def record_pile(env, seed: int, steps: int, options: dict) -> dict[str, np.ndarr
 MAX_VISIBLE_POINTS = 320  # cloth: room for the visible points of one observation (a flat cloth gives ~225)
 
 
-def record_cloth(env, seed: int, steps: int, options: dict) -> dict[str, np.ndarray]:
-    """Random pick-and-places from a crumpled start; vertices at every segment boundary.
+class ClothEpisodeRecorder:
+    """The arrays of one cloth episode (as in mbrl.store), recorded around each ``env.step``.
 
     Before each action the visible point cloud (from depth, :func:`cloth_points`) is
     attached to the mesh (:func:`attach_to_vertices`), so the visible-points model
-    has per-point targets through the action. An episode stops early when the
-    simulation diverges (``diverged`` = 1; none should: the collection reports
-    the count)."""
+    has per-point targets through the action. Used by ``mbrl collect cloth`` and by
+    ``mbrl plan cloth --record`` (the MPC's own episodes as training data)."""
+
+    def __init__(self, env, obs: dict, info: dict):
+        self.env = env
+        self.vertices, self.segments, self.actions = [obs["vertices"][None]], [], []
+        self.coverage, self.points_index, self.points_weight = [info["coverage"]], [], []
+        self.diverged = info["diverged"]
+
+    def before_step(self, obs: dict) -> None:
+        points = cloth_points(self.env, obs)[:MAX_VISIBLE_POINTS]
+        index, weight = attach_to_vertices(points, obs["vertices"])
+        self.points_index.append(np.pad(index, ((0, MAX_VISIBLE_POINTS - len(points)), (0, 0))))
+        self.points_weight.append(np.pad(weight, ((0, MAX_VISIBLE_POINTS - len(points)), (0, 0))))
+
+    def after_step(self, info: dict) -> None:
+        self.vertices.append(info["waypoint_vertices"])
+        self.segments.append(info["segments"])
+        self.actions.append(info["action"])
+        self.coverage.append(info["coverage"])
+        self.diverged = info["diverged"]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        env = self.env
+        return {
+            "vertices": np.concatenate(self.vertices).astype(np.float32),  # [T*K+1, V, 3]
+            "segments": np.asarray(self.segments, np.float32).reshape(-1, 5),  # [T*K, 5]
+            "actions": np.asarray(self.actions, np.float32).reshape(-1, 4),  # [T, 4] as executed (clipped)
+            "coverage": np.asarray(self.coverage, np.float32),  # [T+1] m^2
+            "points_index": np.asarray(self.points_index, np.int16).reshape(-1, MAX_VISIBLE_POINTS, 3),  # [T, Pmax, 3]
+            "points_weight": np.asarray(self.points_weight, np.float32).reshape(-1, MAX_VISIBLE_POINTS, 3),  # 0: pad
+            "faces": env.faces, "edges": env.edges, "rest": env.rest.astype(np.float32),
+            "diverged": np.int8(self.diverged),
+        }
+
+
+def record_cloth(env, seed: int, steps: int, options: dict) -> dict[str, np.ndarray]:
+    """Random pick-and-places from a crumpled start; vertices at every segment boundary
+    (:class:`ClothEpisodeRecorder`). An episode stops early when the simulation
+    diverges (``diverged`` = 1; none should: the collection reports the count)."""
     obs, info = env.reset(seed=seed)
     policy = ClothExploration(np.random.default_rng(seed), env.config.workspace, env.config.max_move)
-    vertices, segments, actions, coverage = [obs["vertices"][None]], [], [], [info["coverage"]]
-    points_index, points_weight = [], []
-    diverged = info["diverged"]
+    recorder = ClothEpisodeRecorder(env, obs, info)
     for _ in range(steps):
-        if diverged:
+        if recorder.diverged:
             break
-        points = cloth_points(env, obs)[:MAX_VISIBLE_POINTS]
-        index, weight = attach_to_vertices(points, obs["vertices"])
-        points_index.append(np.pad(index, ((0, MAX_VISIBLE_POINTS - len(points)), (0, 0))))
-        points_weight.append(np.pad(weight, ((0, MAX_VISIBLE_POINTS - len(points)), (0, 0))))
-        obs, _, diverged, _, info = env.step(policy(obs))
-        vertices.append(info["waypoint_vertices"])
-        segments.append(info["segments"])
-        actions.append(info["action"])
-        coverage.append(info["coverage"])
-    return {
-        "vertices": np.concatenate(vertices).astype(np.float32),  # [T*K+1, V, 3]
-        "segments": np.asarray(segments, np.float32).reshape(-1, 5),  # [T*K, 5]
-        "actions": np.asarray(actions, np.float32).reshape(-1, 4),  # [T, 4] as executed (clipped)
-        "coverage": np.asarray(coverage, np.float32),  # [T+1] m^2
-        "points_index": np.asarray(points_index, np.int16).reshape(-1, MAX_VISIBLE_POINTS, 3),  # [T, Pmax, 3]
-        "points_weight": np.asarray(points_weight, np.float32).reshape(-1, MAX_VISIBLE_POINTS, 3),  # 0: padding
-        "faces": env.faces, "edges": env.edges, "rest": env.rest.astype(np.float32),
-        "diverged": np.int8(diverged),
-    }
+        recorder.before_step(obs)
+        obs, _, _, _, info = env.step(policy(obs))
+        recorder.after_step(info)
+    return recorder.arrays()
 
 
 RECORDERS = {"push-box": record_push_box, "pile": record_pile, "cloth": record_cloth}

@@ -61,6 +61,7 @@ class PlanConfig:
     resolutions: str = "25,50,100,200"  # pile: the selector's candidate particle counts
     plan_budget: float = 2.0  # pile: seconds the selector may spend planning one push
     pick_sampling: str = "cloth"  # cloth: the first batch's picks: cloth (at observed cloth points, as VCD) | uniform
+    record: str = ""  # cloth: also write the executed episodes as a new dataset DIR for `mbrl train` (DAgger data)
     cost: str = ""  # push-box with a pixel model: designated-pixel (default) | goal-image
     success: str = "full"  # push-box: full (position and yaw, the env's rule) | position (box centre within 0.03 m)
     video: bool = False  # write an mp4 and a cost plot per episode

@@ -19,7 +19,8 @@ import planners
 import sim_envs
 from mbrl.checkpoints import check_model_for_env, load_model
 from mbrl.configs import PlanConfig
-from mbrl.cloth_mpc import PICK_SAMPLING, ClothOraclePredictor, MeshPredictor, VisiblePointsPredictor, run_cloth_plan
+from mbrl.cloth_mpc import (PICK_SAMPLING, ClothOraclePredictor, MeshPredictor, VisiblePointsPredictor, open_recording,
+                             run_cloth_plan)
 from mbrl.costs import push_box_cost
 from mbrl.device import resolve_device
 from mbrl.errors import UserError, require_at_least, require_choice
@@ -84,6 +85,8 @@ def check_config(cfg: PlanConfig) -> PlanConfig:
         require_choice("--pick-sampling", cfg.pick_sampling, PICK_SAMPLING)
     elif cfg.task:
         raise UserError(f"--task is for the pile and cloth environments; {cfg.env} has one task")
+    if cfg.record and cfg.env != "cloth":
+        raise UserError(f"--record writes cloth episodes; {cfg.env} datasets come from `mbrl collect`")
     require_choice("--success", cfg.success, SUCCESS_RULES)
     if cfg.cost:
         require_choice("--cost", cfg.cost, PIXEL_COSTS)
@@ -222,12 +225,14 @@ def run_plan(cfg: PlanConfig) -> dict:
     cfg = with_defaults(cfg, model)
     env = sim_envs.make(cfg.env, max_episode_steps=cfg.max_steps, **env_options(cfg, model))
     predictor = make_predictor(cfg, env, model, device)
+    first_recorded = open_recording(cfg, env) if cfg.record else 0  # checked before anything is written
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", asdict(cfg))
     own_loops = {  # environments with an MPC loop of their own
         "pile": lambda: run_pile_plan(cfg, env, predictor, lambda: make_planner(cfg, env, device, cfg.seed), device),
-        "cloth": lambda: run_cloth_plan(cfg, env, predictor, make_planner(cfg, env, device, cfg.seed), device),
+        "cloth": lambda: run_cloth_plan(cfg, env, predictor, make_planner(cfg, env, device, cfg.seed), device,
+                                        first_recorded),
     }
     if cfg.env in own_loops:
         try:

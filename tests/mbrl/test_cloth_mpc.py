@@ -112,3 +112,35 @@ def test_bad_cloth_plans_are_one_line(args, fragment, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "p")]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0]
+
+
+def test_recorded_plans_are_a_dataset_that_fine_tunes_the_model(cloth_runs, tmp_path, capsys):
+    """--record writes the MPC's own episodes as a cloth dataset (runs with other seeds join it);
+    its arrays are the executed episodes, and `mbrl train --init` fine-tunes the model on them."""
+    _, runs = cloth_runs
+    record = tmp_path / "dagger"
+    plan = ["plan", "cloth", "--model", str(runs["mesh"]), "--planner", "cem", "--samples", "6", "--iterations", "1",
+            "--max-steps", "2", "--episodes", "1", "--record", str(record)]
+    for seed in (20, 22):
+        assert main([*plan, "--seed", str(seed), "--out", str(tmp_path / f"plan{seed}")]) == 0
+    meta = json.loads((record / "meta.json").read_text())
+    assert meta["env"] == "cloth" and meta["seed"] == 20 and meta["policy"].startswith("mpc:")
+    assert sorted(p.name for p in (record / "episodes").iterdir()) == ["ep_000000.npz", "ep_000002.npz"]
+    row = read_metrics(tmp_path / "plan22")["episodes"][0]
+    episode = np.load(record / "episodes" / "ep_000002.npz")
+    np.testing.assert_allclose(episode["coverage"], row["coverages"], rtol=1e-5)
+    np.testing.assert_allclose(episode["actions"], row["actions"], atol=1e-6)  # the planner's are in bounds
+    assert len(episode["vertices"]) == 10 * row["picks"] + 1
+    env = sim_envs.make("cloth")
+    obs, _ = env.reset(seed=22)
+    np.testing.assert_allclose(episode["vertices"][0], obs["vertices"], atol=1e-6)  # episode 2 is seed 20 + 2
+
+    before = (record / "episodes" / "ep_000002.npz").read_bytes()
+    assert main([*plan, "--seed", "22", "--out", str(tmp_path / "again")]) != 0  # taken: nothing is overwritten
+    assert "already holds" in capsys.readouterr().err and not (tmp_path / "again").exists()
+    assert (record / "episodes" / "ep_000002.npz").read_bytes() == before
+
+    tuned = tmp_path / "tuned"
+    assert main(["train", "mesh", "--data", str(record), "--out", str(tuned), "--init", str(runs["mesh"]),
+                 "--epochs", "1", "--batch-size", "2", "--rollout-steps", "10", "--device", "cpu"]) == 0
+    assert (tuned / "checkpoint.pt").exists()
