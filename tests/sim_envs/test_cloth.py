@@ -4,6 +4,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import sim_envs
+from cloth_starts import summarise_starts_in_parallel
 from sim_envs.cloth import pick_vertex
 
 STABLE_STARTS = 200  # crumpled starts checked for numerical blow-up
@@ -40,18 +41,15 @@ def test_crumpled_starts_are_seeded_and_never_blow_up(env):
     a, _ = env.reset(seed=3)
     b, _ = env.reset(seed=3)
     np.testing.assert_array_equal(a["vertices"], b["vertices"])
-    coverages = []
-    for seed in range(STABLE_STARTS):
-        obs, info = env.reset(seed=seed)
-        assert not info["diverged"], f"seed {seed} diverged"
-        v = obs["vertices"]
+    starts = summarise_starts_in_parallel(STABLE_STARTS)
+    assert len(starts) == STABLE_STARTS
+    for seed, diverged, z_min, z_max, stretch, _ in starts:
+        assert not diverged, f"seed {seed:.0f} diverged"
         # resting on the table: nothing falls through (soft contacts let a vertex of 4 mm radius sink
         # into it by a few mm under layers of cloth), nothing left in the air
-        assert v[:, 2].min() > -0.004 and v[:, 2].max() < 0.15
-        lengths = np.linalg.norm(v[env.edges[:, 0]] - v[env.edges[:, 1]], axis=1)
-        assert lengths.max() < 1.2 * env.rest_lengths.max()  # inextensible: no stretched edge
-        coverages.append(info["coverage"])
-    coverages = np.array(coverages) / env.max_coverage
+        assert z_min > -0.004 and z_max < 0.15, f"seed {seed:.0f}"
+        assert stretch < 1.2, f"seed {seed:.0f}"  # inextensible: no stretched edge
+    coverages = starts[:, 5]
     assert coverages.max() <= 1.02 and 0.3 < np.median(coverages) < 0.9  # crumpled, not flat, not a ball
 
 
