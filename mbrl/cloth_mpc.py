@@ -19,7 +19,6 @@ with ``max`` the flat cloth's covered area.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -31,12 +30,12 @@ import torch
 from tqdm import tqdm
 
 from mbrl.cloth_costs import points_coverage, smoothing_cost
-from mbrl.collect import ClothEpisodeRecorder
+from mbrl.collect import ClothEpisodeRecorder, differing_meta, new_dataset_meta
 from mbrl.configs import PlanConfig
 from mbrl.errors import UserError
 from mbrl.oracle import ClothOracle
 from mbrl.perception import CLOTH_VOXEL, cloth_points
-from mbrl.store import META_NAME, SCHEMA_VERSION, episode_path, finished_indices, read_meta, write_episode, write_json_atomic
+from mbrl.store import META_NAME, episode_path, finished_indices, read_meta, write_episode, write_json_atomic
 from mbrl.video import overlay_cloth, plot_costs, write_video
 
 STOP_NI = 0.95  # an episode ends early once NI reaches this (as in VCD; a stop on a fixed fraction of the flat
@@ -112,11 +111,11 @@ def pick_proposals(points: np.ndarray, n: int, horizon: int, low: np.ndarray, hi
 
 
 def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video_dir: Path | None,
-                      recorder: type[ClothEpisodeRecorder] | None = None) -> tuple[dict, dict | None]:
+                      recorded: bool = False) -> tuple[dict, dict | None]:
     """One MPC episode from a crumpled start ``env.reset(seed=seed)``; returns its metrics row and,
-    with a ``recorder`` class, the episode's dataset arrays (else None)."""
+    when ``recorded``, the episode's dataset arrays (else None)."""
     obs, info = env.reset(seed=seed)
-    record = recorder(env, obs, info) if recorder is not None else None
+    record = ClothEpisodeRecorder(env, obs, info) if recorded else None
     planner.reset(seed=seed)
     initial, flat = info["coverage"], info["max_coverage"]
     coverages, plan_ms, planned_costs, executed, frames = [initial], [], [], [], []
@@ -177,29 +176,18 @@ def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video
     return row, record.arrays() if record is not None else None
 
 
-def recording_meta(cfg: PlanConfig, env) -> dict:
-    """``meta.json`` of a ``--record`` dataset: as ``mbrl collect cloth`` writes it, the policy being the MPC."""
-    return json.loads(json.dumps({  # as it reads back from disk (tuples -> lists)
-        "schema_version": SCHEMA_VERSION,
-        "env": "cloth",
-        "env_spec": env.spec_dict(),
-        "episodes": cfg.episodes,
-        "steps_per_episode": cfg.max_steps,
-        "seed": cfg.seed,
-        "images": False,
-        "policy": f"mpc: {cfg.model}, {cfg.planner} {cfg.samples} x {cfg.iterations} horizon {cfg.horizon}, "
-                  f"picks {cfg.pick_sampling}",
-    }))
-
-
 def open_recording(cfg: PlanConfig, env) -> int:
-    """Create (or check and join) the ``--record`` dataset; returns the index of this run's first episode."""
-    root, meta = Path(cfg.record), recording_meta(cfg, env)
+    """Create (or check and join) the ``--record`` dataset; returns the index of this run's first episode.
+    Its meta is ``mbrl collect``'s, the policy being the MPC."""
+    root = Path(cfg.record)
+    policy = (f"mpc: {cfg.model}, {cfg.planner} {cfg.samples} x {cfg.iterations} horizon {cfg.horizon}, "
+              f"picks {cfg.pick_sampling}")
+    meta = new_dataset_meta(env, episodes=cfg.episodes, steps=cfg.max_steps, seed=cfg.seed, images=False, policy=policy)
     if not (root / META_NAME).exists():
         write_json_atomic(root / META_NAME, meta)
         return 0
     old = read_meta(root)
-    diff = [k for k in ("env", "env_spec", "steps_per_episode", "policy") if old.get(k) != meta.get(k)]
+    diff = differing_meta(old, meta, ("env", "env_spec", "steps_per_episode", "policy"))
     if diff:
         raise UserError(f"--record {root} holds episodes recorded with different {', '.join(diff)}; choose a new directory")
     first = cfg.seed - int(old["seed"])
@@ -219,7 +207,7 @@ def run_cloth_plan(cfg: PlanConfig, env, predictor, planner, device: torch.devic
     bar = tqdm(range(cfg.episodes), desc=f"plan {cfg.model} {cfg.planner}", unit="ep", disable=not sys.stderr.isatty())
     for i in bar:
         row, arrays = run_cloth_episode(cfg, env, predictor, planner, cfg.seed + i, out if cfg.video else None,
-                                        ClothEpisodeRecorder if cfg.record else None)
+                                        recorded=bool(cfg.record))
         rows.append(row)
         if arrays is not None:
             write_episode(Path(cfg.record), first_recorded + i, arrays)

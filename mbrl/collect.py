@@ -159,18 +159,31 @@ def _worker_episode(args: tuple[str, int, int, int, dict]) -> int:
     return steps
 
 
-def dataset_meta(cfg: CollectConfig, env) -> dict:
-    return {
+def new_dataset_meta(env, *, episodes: int, steps: int, seed: int, images: bool, policy: str, **extra) -> dict:
+    """``meta.json`` of a dataset of ``env``'s episodes (episode i from seed ``seed + i``), as it reads
+    back from disk (tuples -> lists). ``mbrl collect`` and ``mbrl plan cloth --record`` write it."""
+    return json.loads(json.dumps({
         "schema_version": SCHEMA_VERSION,
-        "env": cfg.env,
+        "env": env.name,
         "env_spec": env.spec_dict(),
-        "episodes": cfg.episodes,
-        "steps_per_episode": cfg.steps,
-        "seed": cfg.seed,
-        "images": cfg.images,
-        "policy": POLICIES[cfg.env],
-        **({"particles": list(parse_particles(cfg.particles))} if cfg.env == "pile" else {}),
-    }
+        "episodes": episodes,
+        "steps_per_episode": steps,
+        "seed": seed,
+        "images": images,
+        "policy": policy,
+        **extra,
+    }))
+
+
+def differing_meta(old: dict, meta: dict, keys: tuple[str, ...]) -> list[str]:
+    """The ``keys`` in which a dataset's ``old`` meta differs from ``meta``: a run may add episodes only if none."""
+    return [k for k in keys if old.get(k) != meta.get(k)]
+
+
+def dataset_meta(cfg: CollectConfig, env) -> dict:
+    return new_dataset_meta(env, episodes=cfg.episodes, steps=cfg.steps, seed=cfg.seed, images=cfg.images,
+                            policy=POLICIES[cfg.env],
+                            **({"particles": list(parse_particles(cfg.particles))} if cfg.env == "pile" else {}))
 
 
 def parse_particles(text: str) -> tuple[int, int]:
@@ -202,12 +215,11 @@ def run_collect(cfg: CollectConfig) -> dict:
     out = Path(cfg.out)
     overrides = {"observe_images": True} if cfg.images else {}
     env = sim_envs.make(cfg.env, **overrides)
-    meta = json.loads(json.dumps(dataset_meta(cfg, env)))  # as it reads back from disk (tuples -> lists)
+    meta = dataset_meta(cfg, env)
     env.close()
     if (out / META_NAME).exists():
-        old = read_meta(out)
-        keys = ("env", "env_spec", "steps_per_episode", "seed", "images", "particles")
-        diff = [k for k in keys if old.get(k) != meta.get(k)]
+        diff = differing_meta(read_meta(out), meta,
+                              ("env", "env_spec", "steps_per_episode", "seed", "images", "particles"))
         if diff:
             raise UserError(f"{out} holds a dataset collected with different {', '.join(diff)}; choose another --out")
     write_json_atomic(out / META_NAME, meta)
