@@ -361,6 +361,35 @@ def test_fit_normalisation_and_loss():
         assert float(model.loss(w)[0]) != float(model.loss(w)[0])
 
 
+def test_chamfer_term_adds_the_weighted_set_distance_and_ignores_particle_order():
+    plain = small_model(segments_per_push=2, max_push_length=0.06)
+    w = windows_of(plain, toy_episodes(6, pushes=2, segments=2, seed=4), steps=2)
+    plain.fit_normalisation(w)
+    weighted = small_model(segments_per_push=2, max_push_length=0.06, chamfer_weight=2.0)
+    weighted.load_state_dict(plain.state_dict())
+    plain.eval(), weighted.eval()
+    with torch.no_grad():
+        base, _ = plain.loss(w)
+        total, info = weighted.loss(w)
+    pos, valid = plain.split_state(w["states"])
+    with torch.no_grad():
+        pred = plain.rollout(w["states"][:, 0], w["actions"])
+    pred_pos, _ = plain.split_state(pred)
+    steps_valid = valid[:, :1].expand(-1, pred_pos.shape[1], -1)
+    chamfer = chamfer_distance(pred_pos, pos[:, 1:], steps_valid, steps_valid).mean() / plain.disp_std[0]
+    assert info["chamfer_loss"] == pytest.approx(float(chamfer), rel=1e-5) and float(chamfer) > 0
+    assert float(total) == pytest.approx(float(base) + 2.0 * float(chamfer), rel=1e-5)
+    # targets with their particles relabelled: the squared error grows, the Chamfer term does not
+    m = int(valid[0, 0].sum())
+    assert bool(valid[:, :, :m].all()) and not bool(valid[:, :, m:].any())
+    perm = torch.cat([torch.randperm(m), torch.arange(m, pos.shape[2])])
+    shuffled = torch.cat([pos[:, :1], pos[:, 1:, perm]], 1)
+    relabelled = {**w, "states": plain.join_state(shuffled, valid)}
+    with torch.no_grad():
+        assert float(plain.loss(relabelled)[0]) > float(base)
+        assert weighted.loss(relabelled)[1]["chamfer_loss"] == pytest.approx(info["chamfer_loss"], rel=1e-5)
+
+
 def test_learns_toy_pushing_better_than_nothing_moves():
     torch.manual_seed(0)
     model = ParticleDynamics(segments_per_push=1, max_push_length=0.1, max_particles=32,
