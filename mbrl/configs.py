@@ -34,6 +34,7 @@ class TrainConfig:
     seed: int = 0  # seed of initialisation, shuffling and augmentation
     resume: bool = False  # continue from RUN/checkpoint.pt
     init: str = ""  # fine-tune: start from the weights of this run, checkpoint or pretrained:NAME (fresh optimiser and schedule)
+    model_args: str = ""  # model options KEY=VALUE[,KEY=VALUE] over the data's (or --init's) config, e.g. chamfer_weight=2
 
 
 @dataclass

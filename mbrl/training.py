@@ -20,11 +20,14 @@ schedule, and, on the same dataset, OTHER's held-out episodes stay held out.
 from __future__ import annotations
 
 import csv
+import inspect
+import json
 import math
 import sys
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -120,6 +123,26 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
 
 
+def parse_model_args(text: str, cls: type[DynamicsModel]) -> dict[str, Any]:
+    """``--model-args`` "KEY=VALUE[,KEY=VALUE]" -> constructor kwargs of ``cls``.
+
+    Values are JSON (2, 0.5, true) or else plain strings (mean)."""
+    options = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    out: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--model-args: expected KEY=VALUE, got {item!r}")
+        if key not in options:
+            raise UserError(f"--model-args: model '{cls.name}' has no option {key!r} (options: {', '.join(options)})")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value.strip()
+    return out
+
+
 def _mean_loss(model: DynamicsModel, windows: Windows, batch_size: int) -> float:
     model.eval()
     total, n = 0.0, len(windows)
@@ -203,6 +226,7 @@ def run_training(cfg: TrainConfig) -> Path:
         cls = dynamics_models.model_class(cfg.model)
     except dynamics_models.UnknownModelError as e:
         raise UserError(str(e)) from None
+    overrides = parse_model_args(cfg.model_args, cls)
     if weights_ckpt is not None and weights_ckpt["model_name"] != cfg.model:
         source = ckpt_path if resume_ckpt is not None else cfg.init
         raise UserError(f"{source} is a '{weights_ckpt['model_name']}' model, not '{cfg.model}'")
@@ -227,11 +251,13 @@ def run_training(cfg: TrainConfig) -> Path:
 
     torch.manual_seed(cfg.seed)
     if weights_ckpt is not None:
+        if overrides and resume_ckpt is None:
+            weights_ckpt = {**weights_ckpt, "model_config": {**weights_ckpt["model_config"], **overrides}}
         model = model_from_checkpoint(weights_ckpt, device, ckpt_path if resume_ckpt is not None else cfg.init)
     else:
         try:
-            model = cls(**cls.infer_config(meta, episodes[0])).to(device)
-        except (KeyError, ValueError) as e:
+            model = cls(**{**cls.infer_config(meta, episodes[0]), **overrides}).to(device)
+        except (KeyError, ValueError, TypeError) as e:
             raise UserError(f"dataset {cfg.data} does not fit model '{cfg.model}': {e}") from None
     train_w = Windows(episode_tensors(model, episodes[:num_train], cfg.data), cfg.rollout_steps)
     val_eps = episode_tensors(model, episodes[num_train:], cfg.data, first=num_train)

@@ -152,6 +152,25 @@ def test_init_from_a_missing_run_or_another_model_is_refused(run, data, tmp_path
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_model_args_set_options_of_a_new_run_and_over_an_init_run(run, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "MIN_STEPS_PER_EPOCH", 2)
+    run_training(train_cfg(data, tmp_path / "small", epochs=1, model_args="hidden=32, activation=tanh"))
+    small, _ = load_model(tmp_path / "small")
+    assert small.config()["hidden"] == 32 and small.config()["activation"] == "tanh"
+    run_training(train_cfg(data, tmp_path / "tuned", epochs=1, init=str(run), model_args="augment_rotation=false"))
+    tuned, _ = load_model(tmp_path / "tuned")
+    trained, _ = load_model(run)
+    assert tuned.config() == {**trained.config(), "augment_rotation": False}
+
+
+@pytest.mark.parametrize("text,match", [("nope=1", "has no option 'nope'"), ("hidden", "expected KEY=VALUE"),
+                                        ("activation=nope", "does not fit")])
+def test_bad_model_args_are_one_clear_error_before_anything_is_written(data, tmp_path, text, match):
+    with pytest.raises(UserError, match=match):
+        run_training(train_cfg(data, tmp_path / "run", model_args=text))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 def test_existing_run_needs_resume(run, data):
     with pytest.raises(UserError, match="--resume"):
         run_training(train_cfg(data, run))
