@@ -18,7 +18,7 @@ import planners
 import sim_envs
 from mbrl.bench_particle import _seconds
 from mbrl.checkpoints import load_model
-from mbrl.cloth_costs import smoothing_cost
+from mbrl.cloth_mpc import mesh_cost
 from mbrl.configs import BenchConfig
 from mbrl.oracle import ClothOracle
 
@@ -65,7 +65,7 @@ def bench_mesh(cfg: BenchConfig, device: torch.device) -> dict:
                                 device=device, seed=0)
 
         def cost_fn(U: torch.Tensor) -> torch.Tensor:
-            return smoothing_cost(model.nodes(model.rollout_pick_and_place(state, U)[:, -1])[0], faces)
+            return mesh_cost(env, model.nodes(model.rollout_pick_and_place(state, U)[:, -1])[0], faces)
 
         plan_rows.append({"planner": name, "samples": PLAN_SAMPLES,
                           "plan_ms": 1000 * _seconds(lambda: planner.plan(cost_fn), repeats, device)})

@@ -41,7 +41,15 @@ from mbrl.video import overlay_cloth, plot_costs, write_video
 STOP_NI = 0.95  # an episode ends early once NI reaches this (as in VCD; a stop on a fixed fraction of the flat
 # area would cap the NI of well-spread starts: from 88% coverage, stopping at 95% ends at NI 0.58)
 PICK_SAMPLING = ("cloth", "uniform")  # --pick-sampling: the first batch's picks at cloth points, or uniform
-SOFT_SHARPNESS = 300.0  # 1/m, soft coverage for gradient planners: ~4 per 1.4 cm cell (see mbrl.cloth_costs)
+SOFT_SHARPNESS = 300.0  # 1/m, soft coverage for gradient planners: ~4 per 1.4 cm cell of the default 64-cell raster
+
+
+def mesh_cost(env, vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """vertices [N, V, 3], faces [F, 3] -> [N] the negative covered area (m^2) on the env's own raster
+    (``ClothConfig.coverage_cells``), which for the same vertices is exactly ``env.coverage()``: a coarser
+    raster's quantisation (at 64 cells, 0.4% of the flat area, std over rigid moves of one mesh) is as
+    large as a pick's gain near flat, and the planner would pick the samples its rounding favours."""
+    return smoothing_cost(vertices, faces, extent=env.coverage_extent, cells=env.config.coverage_cells)
 
 
 class MeshPredictor:
@@ -63,10 +71,11 @@ class MeshPredictor:
         return self.model.nodes(states)[0]
 
     def cost(self, nodes: torch.Tensor) -> torch.Tensor:
-        """nodes [N, V, 3] after the plan -> [N] (negative covered area of the mesh, m^2); the soft,
-        differentiable coverage when a gradient planner asks for gradients."""
-        soft = SOFT_SHARPNESS if nodes.requires_grad else None
-        return smoothing_cost(nodes, self.faces, extent=self.env.coverage_extent, sharpness=soft)
+        """nodes [N, V, 3] after the plan -> [N] (negative covered area of the mesh, m^2): on the env's
+        own raster, or the soft, differentiable coverage when a gradient planner asks for gradients."""
+        if nodes.requires_grad:
+            return smoothing_cost(nodes, self.faces, extent=self.env.coverage_extent, sharpness=SOFT_SHARPNESS)
+        return mesh_cost(self.env, nodes, self.faces)
 
 
 class VisiblePointsPredictor(MeshPredictor):
@@ -94,8 +103,8 @@ class ClothOraclePredictor(ClothOracle):
         self.points = self.env.vertices()
 
     def cost(self, vertices: torch.Tensor) -> torch.Tensor:
-        faces = torch.as_tensor(self.env.faces, dtype=torch.long, device=vertices.device)
-        return smoothing_cost(vertices, faces, extent=self.env.coverage_extent)
+        """vertices [N, V, 3] -> [N] (negative covered area, m^2, on the env's raster)."""
+        return mesh_cost(self.env, vertices, torch.as_tensor(self.env.faces, dtype=torch.long, device=vertices.device))
 
 
 def pick_proposals(points: np.ndarray, n: int, horizon: int, low: np.ndarray, high: np.ndarray,

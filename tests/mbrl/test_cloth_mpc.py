@@ -8,7 +8,7 @@ import torch
 
 import sim_envs
 from mbrl.cli import main
-from mbrl.cloth_mpc import VisiblePointsPredictor, pick_proposals
+from mbrl.cloth_mpc import MeshPredictor, VisiblePointsPredictor, pick_proposals
 from mbrl.perception import cloth_points
 
 EPISODE_KEYS = {"initial_coverage", "final_coverage", "max_coverage", "ni", "picks", "median_plan_ms"}
@@ -88,6 +88,21 @@ def test_the_visible_points_predictor_sees_the_depth_image(cloth_runs):
     flat = float(-predictor.cost(torch.as_tensor(cloth_points(env, obs))[None]))
     assert flat == pytest.approx(env.max_coverage, rel=0.1)
     assert env.coverage() > 0.8 * env.max_coverage and crumpled < 0.5 * flat
+
+
+def test_the_mesh_cost_is_the_envs_own_coverage(cloth_runs):
+    """The planner scores a mesh exactly as the env scores the cloth (the 64-cell raster it used
+    before rounds a crumpled cloth's border by as much as a pick's gain near flat)."""
+    _, runs = cloth_runs
+    from mbrl.checkpoints import load_model
+
+    model, _ = load_model(str(runs["mesh"]), torch.device("cpu"))
+    env = sim_envs.make("cloth")
+    predictor = MeshPredictor(model, env, torch.device("cpu"))
+    for seed in range(3):
+        obs, _ = env.reset(seed=seed)
+        vertices, true = torch.as_tensor(obs["vertices"])[None], env.coverage(obs["vertices"])
+        assert float(-predictor.cost(vertices)) == pytest.approx(true, rel=1e-9)
 
 
 def test_pick_proposals_pick_at_cloth_points_and_move_within_the_bounds():
