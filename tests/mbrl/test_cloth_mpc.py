@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import sim_envs
+from mbrl.checkpoints import load_model
 from mbrl.cli import main
 from mbrl.cloth_mpc import MeshPredictor, VisiblePointsPredictor, pick_proposals
 from mbrl.perception import cloth_points
@@ -71,8 +72,6 @@ def test_learned_models_evaluate_within_and_across_picks(cloth_runs, tmp_path):
 
 def test_the_visible_points_predictor_sees_the_depth_image(cloth_runs):
     _, runs = cloth_runs
-    from mbrl.checkpoints import load_model
-
     model, _ = load_model(str(runs["mesh-visible"]), torch.device("cpu"))
     env = sim_envs.make("cloth")
     obs, _ = env.reset(seed=4)
@@ -94,8 +93,6 @@ def test_the_mesh_cost_is_the_envs_own_coverage(cloth_runs):
     """The planner scores a mesh exactly as the env scores the cloth (the 64-cell raster it used
     before rounds a crumpled cloth's border by as much as a pick's gain near flat)."""
     _, runs = cloth_runs
-    from mbrl.checkpoints import load_model
-
     model, _ = load_model(str(runs["mesh"]), torch.device("cpu"))
     env = sim_envs.make("cloth")
     predictor = MeshPredictor(model, env, torch.device("cpu"))
