@@ -19,8 +19,10 @@ Where a checkpoint is named: a file, a run directory (``RUN/checkpoint.pt``) or
 """
 from __future__ import annotations
 
-import os
+import inspect
 import io
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -138,10 +140,41 @@ def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu", path: 
     return model.to(device).eval()
 
 
-def load_model(path_or_run: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[DynamicsModel, dict]:
-    """A checkpoint file, run directory or ``pretrained:NAME`` -> ``(model in eval mode on device, checkpoint dict)``."""
+def parse_model_args(text: str, cls: type[DynamicsModel]) -> dict[str, Any]:
+    """``--model-args`` "KEY=VALUE[,KEY=VALUE]" -> constructor kwargs of ``cls``.
+
+    Values are JSON (2, 0.5, true) or else plain strings (mean)."""
+    options = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    out: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--model-args: expected KEY=VALUE, got {item!r}")
+        if key not in options:
+            raise UserError(f"--model-args: model '{cls.name}' has no option {key!r} (options: {', '.join(options)})")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value.strip()
+    return out
+
+
+
+def load_model(path_or_run: str | os.PathLike, device: str | torch.device = "cpu",
+               model_args: str = "") -> tuple[DynamicsModel, dict]:
+    """A checkpoint file, run directory or ``pretrained:NAME`` -> ``(model in eval mode on device, checkpoint dict)``;
+    ``model_args`` ("KEY=VALUE,...", :func:`parse_model_args`) overrides options of the checkpoint's config
+    (the returned checkpoint dict is the file's)."""
     ckpt, path = read_checkpoint(path_or_run, device)
-    return model_from_checkpoint(ckpt, device, path), ckpt
+    built = ckpt
+    if model_args:
+        try:
+            cls = dynamics_models.model_class(ckpt["model_name"])
+        except dynamics_models.UnknownModelError as e:
+            raise UserError(f"checkpoint {path}: {e}") from None
+        built = {**ckpt, "model_config": {**ckpt["model_config"], **parse_model_args(model_args, cls)}}
+    return model_from_checkpoint(built, device, path), ckpt
 
 
 def export_model(path_or_run: str | os.PathLike, dest: str | os.PathLike, half: bool = False) -> Path:

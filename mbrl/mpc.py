@@ -107,8 +107,10 @@ def load_planning_model(cfg: PlanConfig, device: torch.device):
                             f"(use rs, cem, icem or mppi with --model oracle)")
         if cfg.cost:
             raise UserError("--cost chooses a pixel-space cost, for a pixel model; the oracle uses keypoints")
+        if cfg.model_args:
+            raise UserError("--model-args sets options of a learned model; the oracle has none")
         return None
-    model, checkpoint = load_model(cfg.model, device)
+    model, checkpoint = load_model(cfg.model, device, cfg.model_args)
     check_model_for_env(model, cfg.env, checkpoint)
     if cfg.cost and model.name != "pixel":
         raise UserError(f"--cost chooses a pixel-space cost, for a pixel model; {cfg.model} is a {model.name} model")

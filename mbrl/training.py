@@ -20,8 +20,6 @@ schedule, and, on the same dataset, OTHER's held-out episodes stay held out.
 from __future__ import annotations
 
 import csv
-import inspect
-import json
 import math
 import sys
 import time
@@ -34,7 +32,7 @@ from tqdm import tqdm
 
 import dynamics_models
 from dynamics_models import DynamicsModel
-from mbrl.checkpoints import CHECKPOINT_NAME, model_from_checkpoint, read_checkpoint, save_checkpoint
+from mbrl.checkpoints import CHECKPOINT_NAME, model_from_checkpoint, parse_model_args, read_checkpoint, save_checkpoint
 from mbrl.configs import TrainConfig
 from mbrl.device import resolve_device
 from mbrl.errors import UserError, require_at_least
@@ -121,26 +119,6 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--lr must be a positive number, got {cfg.lr}")
     if not 0 <= cfg.val_fraction < 1:
         raise UserError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
-
-
-def parse_model_args(text: str, cls: type[DynamicsModel]) -> dict[str, Any]:
-    """``--model-args`` "KEY=VALUE[,KEY=VALUE]" -> constructor kwargs of ``cls``.
-
-    Values are JSON (2, 0.5, true) or else plain strings (mean)."""
-    options = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    out: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UserError(f"--model-args: expected KEY=VALUE, got {item!r}")
-        if key not in options:
-            raise UserError(f"--model-args: model '{cls.name}' has no option {key!r} (options: {', '.join(options)})")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value.strip()
-    return out
 
 
 def _mean_loss(model: DynamicsModel, windows: Windows, batch_size: int) -> float:

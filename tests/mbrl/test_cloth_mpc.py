@@ -102,6 +102,28 @@ def test_the_mesh_cost_is_the_envs_own_coverage(cloth_runs):
         assert float(-predictor.cost(vertices)) == pytest.approx(true, rel=1e-9)
 
 
+def test_model_args_override_the_checkpoints_options_for_planning(cloth_runs):
+    _, runs = cloth_runs
+    env = sim_envs.make("cloth")
+    obs, _ = env.reset(seed=4)
+    default, ckpt = load_model(runs["mesh"])
+    loose, same_ckpt = load_model(runs["mesh"], model_args="inextensible_iterations=0")
+    assert loose.inextensible_iterations == 0 != default.inextensible_iterations
+    assert same_ckpt["model_config"] == ckpt["model_config"]  # the file's own config is not changed
+    action = torch.tensor([[[*obs["vertices"][0, :2], 0.15, 0.1]]], dtype=torch.float32)
+    edges = torch.as_tensor(env.edges)
+    rest = torch.as_tensor(ckpt["model_config"]["rest"])
+    stretch = {}
+    for name, model in (("default", default), ("loose", loose)):
+        after = MeshPredictor(model, env, torch.device("cpu"))
+        after.observe(obs)
+        with torch.no_grad():
+            nodes = after.rollout(action)[0, -1]
+        length = (nodes[edges[:, 0]] - nodes[edges[:, 1]]).norm(dim=-1)
+        stretch[name] = (length / (rest[edges[:, 0]] - rest[edges[:, 1]]).norm(dim=-1) - 1).abs().mean()
+    assert stretch["default"] < stretch["loose"]  # the projection the override switched off holds the edge lengths
+
+
 def test_pick_proposals_pick_at_cloth_points_and_move_within_the_bounds():
     env = sim_envs.make("cloth")
     obs, _ = env.reset(seed=4)
@@ -119,6 +141,8 @@ def test_pick_proposals_pick_at_cloth_points_and_move_within_the_bounds():
     (["plan", "cloth", "--task", "fold", "--model", "oracle"], "cloth task"),
     (["plan", "cloth", "--model", "oracle", "--pick-sampling", "corners"], "--pick-sampling"),
     (["plan", "cloth", "--model", "oracle", "--planner", "gd"], "not differentiable"),
+    (["plan", "cloth", "--model", "oracle", "--model-args", "inextensible_iterations=40"], "the oracle has none"),
+    (["plan", "cloth", "--model", "pretrained:mesh", "--model-args", "nope=1"], "has no option 'nope'"),
 ])
 def test_bad_cloth_plans_are_one_line(args, fragment, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "p")]) != 0
