@@ -31,6 +31,7 @@ class DynamicsModel(nn.Module, abc.ABC):
         (``("push-box",)``); training on another env's data is refused.
         ``dataset_keys``: episode arrays the model reads from the episode store
         (``("keypoints", "pusher", "actions")``).
+        ``dataset_optional_keys``: arrays it also reads where an episode has them (``()``).
 
     Methods (abstract)
         ``encode(obs) -> state``: observation(s) to the model state.
@@ -78,6 +79,7 @@ class DynamicsModel(nn.Module, abc.ABC):
     name: ClassVar[str] = ""
     env_names: ClassVar[tuple[str, ...]] = ()
     dataset_keys: ClassVar[tuple[str, ...]] = ("actions",)
+    dataset_optional_keys: ClassVar[tuple[str, ...]] = ()
     steps_per_action: int = 1
 
     state_dim: int

@@ -227,6 +227,7 @@ class MeshDynamics(DynamicsModel):
     name = "mesh"
     env_names = ("cloth",)
     dataset_keys = ("vertices", "segments", "edges", "rest")
+    dataset_optional_keys = ("branch_vertices", "branch_segments")  # mbrl plan cloth --record --branches
     eval_step_horizons = (1, 5)  # mbrl eval: also the error 1 and 5 steps into a pick-and-place
 
     def __init__(
@@ -400,13 +401,40 @@ class MeshDynamics(DynamicsModel):
         p = v if prev is None else _as_float_tensor(prev, self.device).reshape(v.shape)
         return self.join_state(v, p, torch.ones(v.shape[:-1], dtype=torch.bool, device=v.device))
 
-    def episode_states(self, episode: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    def episode_states(self, episode: Mapping[str, np.ndarray]) -> (
+            tuple[torch.Tensor, torch.Tensor] | list[tuple[torch.Tensor, torch.Tensor]]):
         """episode["vertices"] [T*K+1, V, 3], episode["segments"] [T*K, 5] ->
         (states [T*K+1, 7V] with the previous positions of step 0 = itself, segments [T*K, 5]).
 
+        With branches (``mbrl plan cloth --record --branches``: ``branch_vertices``
+        [T, B, K+1, V, 3] and ``branch_segments`` [T, B, K, 5], other pick-and-places
+        tried from the state before each action), a list: the episode, then each
+        branch as a piece of its own (states [K+1, 7V], segments [K, 5]).
         For the ``mesh`` topology the episode's ``edges`` and ``rest`` must be the model's."""
-        verts = _as_float_tensor(episode["vertices"], self.device)
-        segs = _as_float_tensor(episode["segments"], self.device)
+        k = self.steps_per_action
+        if self.topology == "mesh":
+            mine, theirs = _edge_set(self.mesh_edges.cpu().numpy()), _edge_set(episode["edges"])
+            if mine.shape != theirs.shape or not (mine == theirs).all():
+                raise ValueError(f"episode mesh edges ({len(theirs)} undirected) differ from the model's ({len(mine)})")
+            rest = np.asarray(episode["rest"], dtype=np.float32)
+            if rest.shape != tuple(self.rest.shape) or not np.allclose(rest, self.rest.cpu().numpy(), atol=1e-6):
+                raise ValueError(f"episode rest positions {rest.shape} differ from the model's {tuple(self.rest.shape)}")
+        main = self._trajectory(episode["vertices"], episode["segments"])
+        if "branch_vertices" not in episode:
+            return main
+        verts, segs = np.asarray(episode["branch_vertices"]), np.asarray(episode["branch_segments"])
+        t = main[1].shape[0] // k
+        if verts.shape[:3] != (t, verts.shape[1], k + 1) or segs.shape != verts.shape[:2] + (k, 5):
+            raise ValueError(f"{t} actions of {k} steps need branch vertices [{t}, B, {k + 1}, V, 3] and segments "
+                             f"[{t}, B, {k}, 5], got {verts.shape} and {segs.shape}")
+        return [main] + [self._trajectory(v, s) for v, s in zip(verts.reshape(-1, *verts.shape[2:]),
+                                                                  segs.reshape(-1, k, 5))]
+
+    def _trajectory(self, vertices: Any, segments: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """vertices [S+1, M, 3], segments [S, 5] (whole actions) -> (states [S+1, 7M], segments [S, 5]),
+        the previous positions of the first state = itself."""
+        verts = _as_float_tensor(vertices, self.device)
+        segs = _as_float_tensor(segments, self.device)
         if verts.ndim != 3 or verts.shape[-1] != 3:
             raise ValueError(f"vertices must be [T*K+1, V, 3], got {tuple(verts.shape)}")
         if segs.ndim != 2 or segs.shape[-1] != 5 or segs.shape[0] != verts.shape[0] - 1:
@@ -415,13 +443,6 @@ class MeshDynamics(DynamicsModel):
         k = self.steps_per_action
         if segs.shape[0] % k:
             raise ValueError(f"{segs.shape[0]} segments are not whole actions of {k} steps")
-        if self.topology == "mesh":
-            mine, theirs = _edge_set(self.mesh_edges.cpu().numpy()), _edge_set(episode["edges"])
-            if mine.shape != theirs.shape or not (mine == theirs).all():
-                raise ValueError(f"episode mesh edges ({len(theirs)} undirected) differ from the model's ({len(mine)})")
-            rest = np.asarray(episode["rest"], dtype=np.float32)
-            if rest.shape != tuple(self.rest.shape) or not np.allclose(rest, self.rest.cpu().numpy(), atol=1e-6):
-                raise ValueError(f"episode rest positions {rest.shape} differ from the model's {tuple(self.rest.shape)}")
         self._check_nodes(verts.shape[1])
         idx = segs[:, 0]
         if bool(((idx < 0) | (idx > verts.shape[1] - 1) | (idx != idx.round())).any()):
@@ -770,6 +791,7 @@ class VisibleMeshDynamics(MeshDynamics):
 
     name = "mesh-visible"
     dataset_keys = ("vertices", "actions", "points_index", "points_weight")
+    dataset_optional_keys = ()  # branches carry no visible points
 
     def __init__(self, **kwargs: Any):
         kwargs.setdefault("topology", "visible")

@@ -7,9 +7,11 @@ Format (``format_version`` 1)::
       "model_name":   "keypoint",                 # dynamics_models registry name
       "model_config": {...},                      # constructor kwargs, model.config()
       "state_dict":   {...},                      # weights + normalisation buffers
-      "dataset_meta": {...},                      # the dataset's meta.json, plus
-                                                  #   "dataset_path" (absolute, str) and
-                                                  #   "split" {num_episodes, num_train, num_val, val_fraction}
+      "dataset_meta": {...},                      # the (first) dataset's meta.json, plus
+                                                  #   "dataset_path" (absolute, str),
+                                                  #   "split" {num_episodes, num_train, num_val,
+                                                  #   last_train_index, val_fraction} and, trained on
+                                                  #   several, "more_datasets" [{dataset_path, split}]
       "train_state":  {...} | None,               # for --resume: epoch, optimizer, rng,
                                                   #   train_config; None in an exported model
     }
@@ -67,6 +69,12 @@ def save_checkpoint(
     torch.save(payload, buf)
     write_atomic_bytes(path, buf.getvalue())
     return path
+
+
+def trained_splits(dataset_meta: dict) -> list[dict]:
+    """The datasets a checkpoint was trained on, ``[{"dataset_path", "split"}]``, the first one's first."""
+    first = {"dataset_path": dataset_meta.get("dataset_path"), "split": dataset_meta.get("split") or {}}
+    return [first, *dataset_meta.get("more_datasets", [])]
 
 
 def available_pretrained() -> list[str]:

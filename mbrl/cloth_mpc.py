@@ -10,6 +10,11 @@ after ``max_steps`` picks or once its normalised improvement reaches
 ``STOP_NI`` (VCD's rule). With ``--record DIR`` the executed episodes are also
 written as a cloth dataset (DAgger-style data aggregation: ``mbrl train mesh
 --data DIR --init RUN`` fine-tunes the model on the states its own plans reach).
+With ``--branches B`` each recorded state also gets B other pick-and-places,
+simulated from it by MuJoCo and stored beside the executed one
+(:func:`branch_actions`): the model learns what the planner's other favourites
+and random picks really do from the states its plans reach, not only what its
+chosen picks do.
 Episode ``i`` of the dataset is the one from seed ``meta seed + i``, as in ``mbrl
 collect``, so runs with the same planning options and other seeds (in parallel,
 say) add their episodes to one DIR.
@@ -119,12 +124,28 @@ def pick_proposals(points: np.ndarray, n: int, horizon: int, low: np.ndarray, hi
     return torch.as_tensor(np.concatenate([picks, moves], axis=-1), dtype=torch.float32)
 
 
+def branch_actions(result, points: np.ndarray, count: int, low: np.ndarray, high: np.ndarray,
+                   rng: np.random.Generator) -> torch.Tensor:
+    """[count, 4] pick-and-places to try beside a plan's first action: the first actions of its
+    runners-up (``result.trajectories``, best first, those that differ from the chosen one), at
+    most half of ``count``, then random picks at the observed cloth points [M, 3]
+    (:func:`pick_proposals`)."""
+    chosen = result.actions[0].detach().cpu()
+    others = torch.zeros(0, 4)
+    if result.trajectories is not None:
+        firsts = result.trajectories[:, 0].detach().cpu()
+        others = firsts[(firsts - chosen).abs().amax(-1) > 1e-6][:(count + 1) // 2]
+    return torch.cat([others, pick_proposals(points, count - len(others), 1, low, high, rng)[:, 0]])
+
+
 def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video_dir: Path | None,
-                      recorded: bool = False) -> tuple[dict, dict | None]:
+                      recorded: bool = False, brancher: ClothOracle | None = None) -> tuple[dict, dict | None]:
     """One MPC episode from a crumpled start ``env.reset(seed=seed)``; returns its metrics row and,
-    when ``recorded``, the episode's dataset arrays (else None)."""
+    when ``recorded``, the episode's dataset arrays (else None), with ``cfg.branches`` pick-and-places
+    simulated by ``brancher`` (an oracle over ``env``) beside each executed one."""
     obs, info = env.reset(seed=seed)
     record = ClothEpisodeRecorder(env, obs, info) if recorded else None
+    branch_rng = np.random.default_rng([seed, 1])  # its own stream: branches leave the episode as it was
     planner.reset(seed=seed)
     initial, flat = info["coverage"], info["max_coverage"]
     coverages, plan_ms, planned_costs, executed, frames = [initial], [], [], [], []
@@ -156,6 +177,10 @@ def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video
                                         edges, f"pick {picks}  coverage {coverages[-1] / flat:.2f}"))
         if record is not None:
             record.before_step(obs)
+            if cfg.branches:
+                brancher.observe()
+                record.add_branches(*brancher.waypoints(
+                    branch_actions(result, predictor.points, cfg.branches, low, high, branch_rng)))
         obs, _, diverged, _, info = env.step(np.clip(action.cpu().numpy(), low, high))
         if record is not None:
             record.after_step(info)
@@ -190,7 +215,7 @@ def open_recording(cfg: PlanConfig, env) -> int:
     Its meta is ``mbrl collect``'s, the policy being the MPC."""
     root = Path(cfg.record)
     policy = (f"mpc: {cfg.model}, {cfg.planner} {cfg.samples} x {cfg.iterations} horizon {cfg.horizon}, "
-              f"picks {cfg.pick_sampling}")
+              f"picks {cfg.pick_sampling}" + (f", {cfg.branches} branches" if cfg.branches else ""))
     meta = new_dataset_meta(env, episodes=cfg.episodes, steps=cfg.max_steps, seed=cfg.seed, images=False, policy=policy)
     if not (root / META_NAME).exists():
         write_json_atomic(root / META_NAME, meta)
@@ -214,13 +239,18 @@ def run_cloth_plan(cfg: PlanConfig, env, predictor, planner, device: torch.devic
     out = Path(cfg.out)
     rows = []
     bar = tqdm(range(cfg.episodes), desc=f"plan {cfg.model} {cfg.planner}", unit="ep", disable=not sys.stderr.isatty())
-    for i in bar:
-        row, arrays = run_cloth_episode(cfg, env, predictor, planner, cfg.seed + i, out if cfg.video else None,
-                                        recorded=bool(cfg.record))
-        rows.append(row)
-        if arrays is not None:
-            write_episode(Path(cfg.record), first_recorded + i, arrays)
-        bar.set_postfix(ni=f"{statistics.median(r['ni'] for r in rows):.2f}")
+    brancher = ClothOracle(env) if cfg.branches else None
+    try:
+        for i in bar:
+            row, arrays = run_cloth_episode(cfg, env, predictor, planner, cfg.seed + i, out if cfg.video else None,
+                                            recorded=bool(cfg.record), brancher=brancher)
+            rows.append(row)
+            if arrays is not None:
+                write_episode(Path(cfg.record), first_recorded + i, arrays)
+            bar.set_postfix(ni=f"{statistics.median(r['ni'] for r in rows):.2f}")
+    finally:
+        if brancher is not None:
+            brancher.close()
     return {
         "episodes": rows,
         "median_ni": statistics.median(r["ni"] for r in rows),

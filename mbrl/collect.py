@@ -89,13 +89,22 @@ class ClothEpisodeRecorder:
     Before each action the visible point cloud (from depth, :func:`cloth_points`) is
     attached to the mesh (:func:`attach_to_vertices`), so the visible-points model
     has per-point targets through the action. Used by ``mbrl collect cloth`` and by
-    ``mbrl plan cloth --record`` (the MPC's own episodes as training data)."""
+    ``mbrl plan cloth --record`` (the MPC's own episodes as training data), which may
+    also add *branches* before each step (:meth:`add_branches`): other pick-and-places
+    from the same state and where they led, stored as ``branch_vertices`` [T, B, K+1, V, 3],
+    ``branch_segments`` [T, B, K, 5] and ``branch_actions`` [T, B, 4]."""
 
     def __init__(self, env, obs: dict, info: dict):
         self.env = env
         self.vertices, self.segments, self.actions = [obs["vertices"][None]], [], []
         self.coverage, self.points_index, self.points_weight = [info["coverage"]], [], []
+        self.branches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.diverged = info["diverged"]
+
+    def add_branches(self, vertices: np.ndarray, segments: np.ndarray, actions: np.ndarray) -> None:
+        """Before a step: B other pick-and-places from the state it starts at, vertices [B, K+1, V, 3]
+        (the start, then every segment's end), segments [B, K, 5], actions [B, 4] as executed."""
+        self.branches.append((vertices, segments, actions))
 
     def before_step(self, obs: dict) -> None:
         points = cloth_points(self.env, obs)[:MAX_VISIBLE_POINTS]
@@ -121,7 +130,17 @@ class ClothEpisodeRecorder:
             "points_weight": np.asarray(self.points_weight, np.float32).reshape(-1, MAX_VISIBLE_POINTS, 3),  # 0: pad
             "faces": env.faces, "edges": env.edges, "rest": env.rest.astype(np.float32),
             "diverged": np.int8(self.diverged),
+            **self._branch_arrays(),
         }
+
+    def _branch_arrays(self) -> dict[str, np.ndarray]:
+        if not self.branches:
+            return {}
+        if len(self.branches) != len(self.actions):
+            raise ValueError(f"{len(self.branches)} steps have branches, {len(self.actions)} were taken: all or none")
+        vertices, segments, actions = zip(*self.branches)
+        return {"branch_vertices": np.asarray(vertices, np.float32), "branch_segments": np.asarray(segments, np.float32),
+                "branch_actions": np.asarray(actions, np.float32)}
 
 
 def record_cloth(env, seed: int, steps: int, options: dict) -> dict[str, np.ndarray]:

@@ -23,7 +23,7 @@ class CollectConfig:
 @dataclass
 class TrainConfig:
     model: str = "keypoint"  # model name in the dynamics_models registry
-    data: str = "data/push-box"  # dataset directory written by `mbrl collect`
+    data: str = "data/push-box"  # dataset directory written by `mbrl collect` (or `mbrl plan cloth --record`); several, comma-separated, train on all of them, each with its own held-out episodes
     out: str = "runs/keypoint"  # run directory: checkpoint.pt, config.json, log.csv, tensorboard/
     epochs: int = 30  # passes over the training windows (each at least 100 optimiser steps)
     batch_size: int = 256  # windows per optimiser step
@@ -64,6 +64,7 @@ class PlanConfig:
     plan_budget: float = 2.0  # pile: seconds the selector may spend planning one push
     pick_sampling: str = "cloth"  # cloth: the first batch's picks: cloth (at observed cloth points, as VCD) | uniform
     record: str = ""  # cloth: also write the executed episodes as a new dataset DIR for `mbrl train` (DAgger data)
+    branches: int = 0  # cloth, with --record: also simulate and record this many other pick-and-places from each state (half the planner's runners-up, half random picks on the cloth)
     cost: str = ""  # push-box with a pixel model: designated-pixel (default) | goal-image
     success: str = "full"  # push-box: full (position and yaw, the env's rule) | position (box centre within 0.03 m)
     video: bool = False  # write an mp4 and a cost plot per episode

@@ -9,7 +9,11 @@ metres).  The baseline predicts that nothing moves (state_{t+h} = state_t).
 Which episodes: when the dataset is the one the model was trained on (same
 directory, or identical ``meta.json``), the episodes after the training split
 (the held-out ones, ``split = "held-out"``); otherwise all of them
-(``split = "all"``).
+(``split = "all"``).  A model trained on several datasets knows each one's split.
+
+A cloth dataset recorded with branches (``mbrl plan cloth --record DIR
+--branches B``) is also scored as the planner uses the model: how well it ranks
+the pick-and-places tried from each state (``ranking``, :mod:`mbrl.cloth_ranking`).
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ import numpy as np
 import torch
 
 from dynamics_models import DynamicsModel
-from mbrl.checkpoints import check_model_for_env, is_pretrained, load_model
+from mbrl.checkpoints import check_model_for_env, is_pretrained, load_model, trained_splits
+from mbrl.cloth_ranking import branch_ranking, has_branches
 from mbrl.configs import EvalConfig
 from mbrl.device import resolve_device
 from mbrl.errors import UserError
@@ -145,12 +150,15 @@ def _prediction_strip(model: DynamicsModel, episode: tuple[torch.Tensor, torch.T
     return save_strip(path, model.frames(states[1:steps + 1]), model.frames(pred))
 
 
-def _same_dataset(dataset_meta: dict, data_dir: Path, meta: dict) -> bool:
-    saved_path = dataset_meta.get("dataset_path")
-    if saved_path and Path(saved_path).resolve() == data_dir.resolve():
-        return True
-    saved = {k: v for k, v in dataset_meta.items() if k not in ("dataset_path", "split")}
-    return bool(saved) and saved == meta
+def _trained_split(dataset_meta: dict, data_dir: Path, meta: dict) -> dict:
+    """The split of ``data_dir`` in the training of a checkpoint with ``dataset_meta``: found by path
+    among its datasets, or, for the first one, by an identical meta (a copy); {} if it was not one of them."""
+    for entry in trained_splits(dataset_meta):
+        saved_path = entry.get("dataset_path")
+        if saved_path and Path(saved_path).resolve() == data_dir.resolve():
+            return entry.get("split") or {}
+    saved = {k: v for k, v in dataset_meta.items() if k not in ("dataset_path", "split", "more_datasets")}
+    return (dataset_meta.get("split") or {}) if saved and saved == meta else {}
 
 
 def run_eval(cfg: EvalConfig) -> dict:
@@ -158,12 +166,11 @@ def run_eval(cfg: EvalConfig) -> dict:
     device = resolve_device(cfg.device)
     model, ckpt = load_model(cfg.run, device)
     data_dir = Path(cfg.data)
-    meta, episodes = load_dataset(data_dir, keys=model.dataset_keys)
+    meta, episodes = load_dataset(data_dir, keys=model.dataset_keys, optional=model.dataset_optional_keys)
     check_model_for_env(model, meta.get("env"), ckpt)
 
-    dataset_meta = ckpt.get("dataset_meta") or {}
-    split_info = dataset_meta.get("split") or {}
-    if _same_dataset(dataset_meta, data_dir, meta) and "last_train_index" in split_info:
+    split_info = _trained_split(ckpt.get("dataset_meta") or {}, data_dir, meta)
+    if "last_train_index" in split_info:
         last = int(split_info["last_train_index"])
         indices = sorted(finished_indices(data_dir))  # the order load_dataset returns episodes in
         episodes = [ep for i, ep in zip(indices, episodes) if i > last]
@@ -179,6 +186,7 @@ def run_eval(cfg: EvalConfig) -> dict:
                             step_horizons=getattr(model, "eval_step_horizons", ()))
     if not errors:
         raise UserError(f"dataset {data_dir}: episodes are too short for any horizon in {HORIZONS}")
+    ranking = branch_ranking(model, episodes, meta["env_spec"]["config"]) if has_branches(episodes) else {}
     result = {
         "model": str(cfg.run),
         "model_name": model.name,
@@ -192,6 +200,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         "metric": METRICS.get(model.name, "model.position_error after h open-loop actions"),
         "horizons": {str(h): e for h, e in errors.items()},
         "skipped_horizons": [h for h in HORIZONS if h not in errors],
+        **({"ranking": ranking} if ranking else {}),
     }
     if cfg.out:
         out = Path(cfg.out)
@@ -221,6 +230,11 @@ def format_eval(result: dict) -> str:
             line += (f"   PSNR {e['model_psnr']:.2f} vs {e['baseline_psnr']:.2f} dB"
                      f"   SSIM {e['model_ssim']:.3f} vs {e['baseline_ssim']:.3f}")
         lines.append(line)
+    if "ranking" in result:
+        r = result["ranking"]
+        lines.append(f"ranking {r['states']} states x {r['candidates']:.0f} pick-and-places (fractions of the flat area): "
+                     f"regret {r['regret']:.4f} (random pick {r['random_regret']:.4f}), Spearman {r['spearman']:.3f}, "
+                     f"coverage error {r['mean_abs_error']:.4f} (bias {r['bias']:+.4f})")
     if "path" in result:
         lines.append(f"wrote {result['path']}" + "".join(f", {p}" for p in result.get("strip", [])))
     return "\n".join(lines)

@@ -87,6 +87,9 @@ def check_config(cfg: PlanConfig) -> PlanConfig:
         raise UserError(f"--task is for the pile and cloth environments; {cfg.env} has one task")
     if cfg.record and cfg.env != "cloth":
         raise UserError(f"--record writes cloth episodes; {cfg.env} datasets come from `mbrl collect`")
+    require_at_least("--branches", cfg.branches, 0)
+    if cfg.branches and not cfg.record:
+        raise UserError("--branches adds pick-and-places to the episodes --record writes; give --record DIR")
     require_choice("--success", cfg.success, SUCCESS_RULES)
     if cfg.cost:
         require_choice("--cost", cfg.cost, PIXEL_COSTS)

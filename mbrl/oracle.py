@@ -104,24 +104,49 @@ class ClothOracle(_RolloutOracle):
         """Take the environment's current physics state as the rollout start."""
         self._state = self.env.get_state()
 
-    def rollout(self, actions: torch.Tensor) -> torch.Tensor:
-        """actions [N, H, 4] (pick x, y, dx, dy) -> vertices [N, H, V, 3] (m), on actions' device."""
+    def _run(self, state: np.ndarray, vertices: np.ndarray, acts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One pick-and-place from each of N physics states [N, S] with vertices [N, V, 3], actions [N, 4]
+        (within bounds) -> (physics states [N, n_substeps, S] after every physics step, picked vertices [N])."""
         from sim_envs.cloth import CONTROL_SPEC, pick_vertex
 
+        env, n = self.env, len(acts)
+        picked = np.array([pick_vertex(v, a[:2], env.config.pick_tolerance) for v, a in zip(vertices, acts)])
+        controls = env.controls_for(picked, vertices[np.arange(n), picked], acts[:, 2:])
+        warmstart = np.zeros((n, env.model.nv))  # every action starts from a cold solver, as in env.step
+        physics, _ = self._pool.rollout(env.model, self._datas, state, controls, control_spec=CONTROL_SPEC,
+                                        initial_warmstart=warmstart)
+        return physics, picked
+
+    def _clipped(self, actions: torch.Tensor) -> np.ndarray:
+        low, high = self.env.action_space.low, self.env.action_space.high
+        return np.clip(actions.detach().cpu().double().numpy(), low, high)
+
+    def rollout(self, actions: torch.Tensor) -> torch.Tensor:
+        """actions [N, H, 4] (pick x, y, dx, dy) -> vertices [N, H, V, 3] (m), on actions' device."""
         env = self.env
         n, h, _ = actions.shape
-        low, high = env.action_space.low, env.action_space.high
-        acts = np.clip(actions.detach().cpu().double().numpy(), low, high)
+        acts = self._clipped(actions)
         state = np.broadcast_to(self._state, (n, self._state.size))
-        warmstart = np.zeros((n, env.model.nv))  # every action starts from a cold solver, as in env.step
         vertices = env.vertices_from_qpos(state[:, 1:1 + env.model.nq])  # [N, V, 3]
         out = []
         for k in range(h):
-            picked = np.array([pick_vertex(v, a[:2], env.config.pick_tolerance) for v, a in zip(vertices, acts[:, k])])
-            controls = env.controls_for(picked, vertices[np.arange(n), picked], acts[:, k, 2:])
-            physics, _ = self._pool.rollout(env.model, self._datas, state, controls, control_spec=CONTROL_SPEC,
-                                            initial_warmstart=warmstart)
+            physics, _ = self._run(state, vertices, acts[:, k])
             state = physics[:, -1]
             vertices = env.vertices_from_qpos(state[:, 1:1 + env.model.nq])
             out.append(vertices)
         return torch.as_tensor(np.stack(out, axis=1), dtype=torch.float32, device=actions.device)
+
+    def waypoints(self, actions: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One pick-and-place each from the observed state, recorded as ``env.step`` records it:
+        actions [N, 4] -> (vertices [N, K+1, V, 3] at the start and every segment's end, segments
+        [N, K, 5] (:meth:`ClothEnv.segment_targets`), the actions as executed (clipped) [N, 4])."""
+        env = self.env
+        acts = self._clipped(actions)
+        n = len(acts)
+        state = np.broadcast_to(self._state, (n, self._state.size))
+        start = env.vertices_from_qpos(self._state[1:1 + env.model.nq])  # [V, 3]
+        physics, picked = self._run(state, np.broadcast_to(start, (n,) + start.shape), acts)
+        ends = physics[:, env.config.segment_steps - 1::env.config.segment_steps, 1:1 + env.model.nq]
+        vertices = np.concatenate([np.broadcast_to(start, (n, 1) + start.shape), env.vertices_from_qpos(ends)], axis=1)
+        segments = np.stack([env.segment_targets(v, start[v], a[2:]) for v, a in zip(picked, acts)])
+        return vertices, segments, acts

@@ -110,10 +110,12 @@ def load_episode(path: Path) -> dict[str, np.ndarray]:
         raise UserError(f"corrupt episode file {path}: {type(e).__name__}: {e}") from None
 
 
-def load_dataset(root: Path, keys: tuple[str, ...] | None = None) -> tuple[dict, list[dict[str, np.ndarray]]]:
+def load_dataset(root: Path, keys: tuple[str, ...] | None = None,
+                 optional: tuple[str, ...] = ()) -> tuple[dict, list[dict[str, np.ndarray]]]:
     """Return ``(meta, episodes)`` sorted by episode index.
 
-    ``keys`` restricts which arrays are kept (images are large)."""
+    ``keys`` restricts which arrays are kept (images are large): each episode must hold
+    them; the ``optional`` ones are kept where an episode holds them."""
     root = Path(root)
     meta = read_meta(root)
     indices = sorted(finished_indices(root))
@@ -126,6 +128,6 @@ def load_dataset(root: Path, keys: tuple[str, ...] | None = None) -> tuple[dict,
             missing = [k for k in keys if k not in ep]
             if missing:
                 raise UserError(f"episode {episode_path(root, i)} lacks arrays {missing}")
-            ep = {k: ep[k] for k in keys}
+            ep = {k: ep[k] for k in (*keys, *optional) if k in ep}
         episodes.append(ep)
     return meta, episodes

@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 import dynamics_models
 from dynamics_models import DynamicsModel
-from mbrl.checkpoints import CHECKPOINT_NAME, model_from_checkpoint, parse_model_args, read_checkpoint, save_checkpoint
+from mbrl.checkpoints import (CHECKPOINT_NAME, model_from_checkpoint, parse_model_args, read_checkpoint, save_checkpoint,
+                              trained_splits)
 from mbrl.configs import TrainConfig
 from mbrl.device import resolve_device
 from mbrl.errors import UserError, require_at_least
@@ -158,12 +159,48 @@ def _summary_writer(run: Path, purge_step: int | None):
 
 
 def _split_on_same_data(ckpt: dict | None, data: Path) -> dict:
-    """The train/held-out split a checkpoint was trained with, if it was trained on ``data``; else {}."""
-    meta = (ckpt or {}).get("dataset_meta") or {}
-    trained_on = meta.get("dataset_path")
-    if not trained_on or not Path(trained_on).is_dir() or Path(trained_on).resolve() != data.resolve():
-        return {}
-    return meta.get("split") or {}
+    """The train/held-out split a checkpoint was trained with on ``data``, if it was trained on it; else {}."""
+    for entry in trained_splits((ckpt or {}).get("dataset_meta") or {}):
+        trained_on = entry.get("dataset_path")
+        if trained_on and Path(trained_on).is_dir() and Path(trained_on).resolve() == data.resolve():
+            return entry.get("split") or {}
+    return {}
+
+
+def data_dirs(text: str) -> list[Path]:
+    """``--data DIR[,DIR...]`` -> the dataset directories, each named once."""
+    dirs = [Path(part.strip()) for part in str(text).split(",")]
+    if any(not part.strip() for part in str(text).split(",")):
+        raise UserError(f"--data must be dataset directories separated by commas, got {text!r}")
+    if len({d.resolve() for d in dirs}) != len(dirs):
+        raise UserError(f"--data names a dataset twice: {text!r}")
+    return dirs
+
+
+def _load_split(data: Path, cls: type[DynamicsModel], weights_ckpt: dict | None,
+                val_fraction: float) -> tuple[dict, list[dict], list[dict], dict]:
+    """One dataset of ``--data`` -> (meta, training episodes, held-out episodes, its split).
+
+    The split is by episode index: training takes the episodes up to ``last_train_index``, so a
+    dataset completed or grown later keeps its held-out episodes held out, and a run started with
+    ``--init`` from a model trained on the same dataset keeps that model's split."""
+    meta, episodes = load_dataset(data, keys=cls.dataset_keys, optional=cls.dataset_optional_keys)
+    env = meta.get("env")
+    if env not in cls.env_names:
+        raise UserError(f"model '{cls.name}' is for {', '.join(cls.env_names)}, but dataset {data} is from {env}")
+    indices = sorted(finished_indices(data))
+    saved_split = _split_on_same_data(weights_ckpt, data)
+    if saved_split:
+        last_train_index = int(saved_split["last_train_index"])
+    else:
+        last_train_index = indices[split_episodes(len(episodes), val_fraction) - 1]
+    num_train = sum(i <= last_train_index for i in indices)
+    if num_train >= len(episodes):
+        raise UserError(f"dataset {data} has no episode after index {last_train_index}, "
+                        f"the last one the run trains on: none is held out")
+    split = {"num_episodes": len(episodes), "num_train": num_train, "num_val": len(episodes) - num_train,
+             "last_train_index": last_train_index, "val_fraction": val_fraction}
+    return meta, episodes[:num_train], episodes[num_train:], split
 
 
 def run_training(cfg: TrainConfig) -> Path:
@@ -184,9 +221,9 @@ def run_training(cfg: TrainConfig) -> Path:
         known = {f.name for f in fields(TrainConfig)}
         saved = {k: v for k, v in ts["train_config"].items() if k in known}
         cfg = replace(TrainConfig(**saved), epochs=cfg.epochs, device=cfg.device, out=cfg.out, resume=True)
-        abs_data = (resume_ckpt.get("dataset_meta") or {}).get("dataset_path")
-        if abs_data and Path(abs_data).is_dir():  # the saved path may be relative to another cwd
-            cfg = replace(cfg, data=abs_data)
+        saved_dirs = [entry.get("dataset_path") for entry in trained_splits(resume_ckpt.get("dataset_meta") or {})]
+        if all(d and Path(d).is_dir() for d in saved_dirs):  # the saved paths may be relative to another cwd
+            cfg = replace(cfg, data=",".join(saved_dirs))
         done = int(ts["epoch"])
         if cfg.epochs <= done:
             print(f"{run}: already trained for {done} epoch(s) (--epochs {cfg.epochs}); nothing to do", file=sys.stderr)
@@ -208,24 +245,14 @@ def run_training(cfg: TrainConfig) -> Path:
     if weights_ckpt is not None and weights_ckpt["model_name"] != cfg.model:
         source = ckpt_path if resume_ckpt is not None else cfg.init
         raise UserError(f"{source} is a '{weights_ckpt['model_name']}' model, not '{cfg.model}'")
-    meta, episodes = load_dataset(Path(cfg.data), keys=cls.dataset_keys)
+    dirs = data_dirs(cfg.data)
+    loaded = [_load_split(d, cls, weights_ckpt, cfg.val_fraction) for d in dirs]
+    meta = loaded[0][0]
     env = meta.get("env")
-    if env not in cls.env_names:
-        raise UserError(
-            f"model '{cfg.model}' is for {', '.join(cls.env_names)}, but dataset {cfg.data} is from {env}"
-        )
-    # The split is by episode index: training takes the episodes up to ``last_train_index``, so
-    # a dataset completed or grown later keeps its held-out episodes held out.
-    indices = sorted(finished_indices(Path(cfg.data)))
-    saved_split = _split_on_same_data(weights_ckpt, Path(cfg.data))
-    if saved_split:
-        last_train_index = int(saved_split["last_train_index"])
-    else:
-        last_train_index = indices[split_episodes(len(episodes), cfg.val_fraction) - 1]
-    num_train = sum(i <= last_train_index for i in indices)
-    if num_train >= len(episodes):
-        raise UserError(f"dataset {cfg.data} has no episode after index {last_train_index}, "
-                        f"the last one the run trains on: none is held out")
+    for d, (other, *_rest) in zip(dirs[1:], loaded[1:]):
+        if other.get("env_spec") != meta.get("env_spec"):
+            raise UserError(f"dataset {d} was collected with other {env} settings than {dirs[0]}: train on them apart")
+    splits = [{"dataset_path": str(d.resolve()), "split": split} for d, (*_rest, split) in zip(dirs, loaded)]
 
     torch.manual_seed(cfg.seed)
     if weights_ckpt is not None:
@@ -234,13 +261,14 @@ def run_training(cfg: TrainConfig) -> Path:
         model = model_from_checkpoint(weights_ckpt, device, ckpt_path if resume_ckpt is not None else cfg.init)
     else:
         try:
-            model = cls(**{**cls.infer_config(meta, episodes[0]), **overrides}).to(device)
+            model = cls(**{**cls.infer_config(meta, loaded[0][1][0]), **overrides}).to(device)
         except (KeyError, ValueError, TypeError) as e:
-            raise UserError(f"dataset {cfg.data} does not fit model '{cfg.model}': {e}") from None
-    train_w = Windows(episode_tensors(model, episodes[:num_train], cfg.data), cfg.rollout_steps)
-    val_eps = episode_tensors(model, episodes[num_train:], cfg.data, first=num_train)
-    num_val = len(episodes) - num_train
-    del episodes  # the training episodes live on in train_w only
+            raise UserError(f"dataset {dirs[0]} does not fit model '{cfg.model}': {e}") from None
+    train_w = Windows([t for d, (_, train, _, _) in zip(dirs, loaded) for t in episode_tensors(model, train, str(d))],
+                      cfg.rollout_steps)
+    val_eps = [t for d, (_, _, val, split) in zip(dirs, loaded)
+               for t in episode_tensors(model, val, str(d), first=split["num_train"])]
+    del loaded  # the training episodes live on in train_w only
     try:
         val_w = Windows(val_eps, cfg.rollout_steps)
     except UserError:
@@ -248,17 +276,7 @@ def run_training(cfg: TrainConfig) -> Path:
     if weights_ckpt is None and type(model).fit_normalisation is not DynamicsModel.fit_normalisation:
         model.fit_normalisation(train_w.all())
 
-    dataset_meta = {
-        **meta,
-        "dataset_path": str(Path(cfg.data).resolve()),
-        "split": {
-            "num_episodes": num_train + num_val,
-            "num_train": num_train,
-            "num_val": num_val,
-            "last_train_index": last_train_index,
-            "val_fraction": cfg.val_fraction,
-        },
-    }
+    dataset_meta = {**meta, **splits[0], **({"more_datasets": splits[1:]} if len(splits) > 1 else {})}
 
     # -- optimiser, rng -----------------------------------------------------------------
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -281,7 +299,7 @@ def run_training(cfg: TrainConfig) -> Path:
         "device": str(device),
         "model_name": model.name,
         "model_config": model.config(),
-        "dataset": {"path": dataset_meta["dataset_path"], "env": env, **dataset_meta["split"]},
+        "datasets": [{"path": entry["dataset_path"], "env": env, **entry["split"]} for entry in splits],
         "windows": {"train": n_windows, "val": 0 if val_w is None else len(val_w)},
         "steps_per_epoch": math.ceil(passes * n_windows / cfg.batch_size),
     })

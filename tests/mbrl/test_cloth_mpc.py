@@ -10,6 +10,7 @@ import sim_envs
 from mbrl.checkpoints import load_model
 from mbrl.cli import main
 from mbrl.cloth_mpc import MeshPredictor, VisiblePointsPredictor, pick_proposals
+from mbrl.cloth_ranking import branch_ranking
 from mbrl.perception import cloth_points
 
 EPISODE_KEYS = {"initial_coverage", "final_coverage", "max_coverage", "ni", "picks", "median_plan_ms"}
@@ -181,3 +182,64 @@ def test_recorded_plans_are_a_dataset_of_the_executed_episodes(cloth_runs, tmp_p
     assert main(["eval", str(runs["mesh"]), "--data", str(record), "--out", str(report)]) == 0
     picks = read_metrics(tmp_path / "plan20")["episodes"][0]["picks"] + row["picks"]
     assert json.loads(report.read_text())["horizons"]["1"]["windows"] == picks
+
+
+def test_branches_add_other_pick_and_places_from_each_recorded_state(cloth_runs, tmp_path, capsys):
+    """--branches B: beside each executed pick-and-place the recording holds B others from the same
+    state (the planner's runners-up, then random picks on the cloth), simulated by MuJoCo; the episode
+    itself is the one a plan without branches runs, and the mesh model trains on every branch."""
+    _, runs = cloth_runs
+    plan = ["plan", "cloth", "--model", str(runs["mesh"]), "--planner", "cem", "--samples", "6", "--iterations", "1",
+            "--max-steps", "2", "--episodes", "1", "--seed", "31"]
+    assert main([*plan, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*plan, "--out", str(tmp_path / "branched"), "--record", str(tmp_path / "d"), "--branches", "3"]) == 0
+    plain, branched = (read_metrics(tmp_path / p)["episodes"][0] for p in ("plain", "branched"))
+    assert branched["actions"] == plain["actions"] and branched["coverages"] == plain["coverages"]
+
+    episode = np.load(tmp_path / "d" / "episodes" / "ep_000000.npz")
+    t, k = plain["picks"], 10
+    assert episode["branch_vertices"].shape == (t, 3, k + 1, 225, 3) and episode["branch_segments"].shape == (t, 3, k, 5)
+    for step in range(t):  # every branch starts where the executed pick did, and is another pick-and-place
+        np.testing.assert_allclose(episode["branch_vertices"][step, :, 0],
+                                   np.broadcast_to(episode["vertices"][step * k], (3, 225, 3)))
+        assert (np.abs(episode["branch_actions"][step] - episode["actions"][step]).max(-1) > 1e-6).all()
+        moved = np.linalg.norm(episode["branch_vertices"][step, :, -1] - episode["branch_vertices"][step, :, 0], axis=-1)
+        assert (moved.max(-1) > 0.01).all()  # each branch moved the cloth
+    model, _ = load_model(runs["mesh"])
+    pieces = model.episode_states(dict(episode))
+    assert len(pieces) == 1 + 3 * t and all(p[0].shape == (k + 1, model.state_dim) for p in pieces[1:])
+    report = tmp_path / "eval.json"
+    assert main(["eval", str(runs["mesh"]), "--data", str(tmp_path / "d"), "--out", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["horizons"]["1"]["windows"] == 4 * t
+    ranking = result["ranking"]  # each state's 4 pick-and-places, ranked by the model as the planner's cost does
+    assert ranking["states"] == t and ranking["candidates"] == 4
+    assert 0 <= ranking["regret"] <= 1 and ranking["random_regret"] > 0 and -1 <= ranking["spearman"] <= 1
+
+    class Truth(torch.nn.Module):  # predicts exactly what MuJoCo did: the ranking must be perfect
+        def __init__(self):
+            super().__init__()
+            self.inner, self.steps_per_action, self.device = model, model.steps_per_action, model.device
+            self.ends = {}
+            for step in range(t):
+                plans = np.concatenate([episode["segments"][step * k:(step + 1) * k][None],
+                                        episode["branch_segments"][step]])
+                ends = np.concatenate([episode["vertices"][(step + 1) * k][None], episode["branch_vertices"][step][:, -1]])
+                self.ends[plans.tobytes()] = ends
+
+        def encode(self, obs):
+            return model.encode(obs)
+
+        def nodes(self, states):
+            return model.nodes(states)
+
+        def rollout(self, state, segments):
+            ends = torch.as_tensor(self.ends[segments.numpy().tobytes()])
+            return model.join_state(ends, ends, torch.ones(ends.shape[:-1], dtype=torch.bool))[:, None].expand(-1, k, -1)
+
+    perfect = branch_ranking(Truth(), [dict(episode)], json.loads((tmp_path / "d" / "meta.json").read_text())["env_spec"]["config"])
+    assert perfect["regret"] == 0 and perfect["mean_abs_error"] < 1e-6 and perfect["spearman"] > 0.99
+    assert perfect["random_regret"] == pytest.approx(ranking["random_regret"])
+
+    assert main([*plan, "--out", str(tmp_path / "p"), "--branches", "2"]) != 0  # nowhere to record them
+    assert "give --record DIR" in capsys.readouterr().err

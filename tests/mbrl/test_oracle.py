@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 import sim_envs
@@ -78,4 +79,28 @@ def test_cloth_oracle_reproduces_env_steps_and_chains_picks():
             obs, *_ = env.step(actions[i, k].double().numpy())
             np.testing.assert_allclose(predicted[i, k].numpy(), obs["vertices"], atol=1e-5)
     assert (predicted[0, 0] - predicted[1, 0]).abs().max() > 0.05  # different picks, different cloths
+    oracle.close()
+
+
+def test_cloth_oracle_waypoints_are_what_env_step_records():
+    """Branches of a recorded plan are simulated by the oracle: each must be the episode
+    that env.step would have recorded for the same pick-and-place."""
+    from mbrl.oracle import ClothOracle
+
+    env = sim_envs.make("cloth")
+    obs, _ = env.reset(seed=3)
+    oracle = ClothOracle(env, threads=2)
+    corner = obs["vertices"][0, :2]
+    actions = torch.tensor([[corner[0], corner[1], 0.15, -0.05], [0.0, 0.0, -0.1, 0.3]], dtype=torch.float32)
+    vertices, segments, executed = oracle.waypoints(actions)
+    k = env.segments
+    assert vertices.shape == (2, k + 1, env.num_vertices, 3) and segments.shape == (2, k, 5)
+    assert executed[1, 3] == pytest.approx(env.config.max_move)  # clipped to the bounds, as env.step does
+    start = env.get_state()
+    for i in range(2):
+        env.set_state(start)
+        _, _, _, _, info = env.step(executed[i])
+        np.testing.assert_allclose(vertices[i, 0], obs["vertices"], atol=1e-6)
+        np.testing.assert_allclose(vertices[i, 1:], info["waypoint_vertices"], atol=1e-5)
+        np.testing.assert_allclose(segments[i], info["segments"], atol=1e-9)
     oracle.close()

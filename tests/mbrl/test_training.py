@@ -57,7 +57,7 @@ def test_run_directory(run):
     assert float(row["val_err_5step_m"]) > 0
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["train"]["epochs"] == 3 and cfg["model_name"] == "keypoint"
-    assert cfg["dataset"]["num_train"] == 24 and cfg["dataset"]["num_val"] == 6
+    assert cfg["datasets"][0]["num_train"] == 24 and cfg["datasets"][0]["num_val"] == 6
     assert any((run / "tensorboard").glob("events.out.tfevents.*"))
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ckpt["format_version"] == 1 and ckpt["model_name"] == "keypoint"
@@ -136,7 +136,7 @@ def test_init_fine_tunes_from_another_run_and_keeps_its_held_out_episodes(run, d
     run_training(train_cfg(data, tuned, epochs=1, lr=1e-4, rollout_steps=5, val_fraction=0.5, init=str(run)))
     run_training(train_cfg(data, fresh, epochs=1, lr=1e-4, rollout_steps=5))
     cfg = json.loads((tuned / "config.json").read_text())
-    assert cfg["dataset"]["num_train"] == 24 and cfg["train"]["init"] == str(run)
+    assert cfg["datasets"][0]["num_train"] == 24 and cfg["train"]["init"] == str(run)
     trained = float(read_log(run)[-1]["val_err_5step_m"])
     assert float(read_log(tuned)[-1]["val_err_5step_m"]) < 1.5 * trained
     assert float(read_log(fresh)[-1]["val_err_5step_m"]) > 2 * trained
@@ -234,3 +234,44 @@ def test_check_model_for_env(run):
         check_model_for_env(model, "pile", ckpt)
     with pytest.raises(UserError, match="model 'keypoint' is for push-box, not pile"):
         check_model_for_env(model, "pile")
+
+
+def test_training_on_several_datasets_holds_out_each_ones_last_episodes(run, data, tmp_path, monkeypatch):
+    """--data A,B (e.g. DAgger: the random data and the MPC's own): the windows of both datasets'
+    training episodes, each dataset's last episodes held out; eval and --init know every split."""
+    from mbrl.configs import EvalConfig
+    from mbrl.evaluation import run_eval
+
+    monkeypatch.setattr(training, "MIN_STEPS_PER_EPOCH", 2)
+    more = write_toy_dataset(tmp_path / "more", n=10, seed=3)
+    both = tmp_path / "both"
+    run_training(train_cfg(f"{data},{more}", both, epochs=1, rollout_steps=5, init=str(run)))
+    cfg = json.loads((both / "config.json").read_text())
+    assert [(d["num_train"], d["num_val"]) for d in cfg["datasets"]] == [(24, 6), (8, 2)]
+    assert cfg["windows"]["train"] == (24 + 8) * (STEPS - 5 + 1) and cfg["windows"]["val"] == (6 + 2) * (STEPS - 5 + 1)
+    result = run_eval(EvalConfig(run=str(both), data=str(more), out=str(tmp_path / "eval.json"), device="cpu"))
+    assert result["split"] == "held-out" and result["first_episode"] == 8 and result["episodes"] == 2
+
+    # grown later, B keeps its split under --init and --resume: its new episodes are held out too
+    for i, ep in enumerate(pushing_episodes(5, STEPS, seed=4), start=10):
+        store.write_episode(more, i, ep)
+    run_training(train_cfg(f"{data},{more}", tmp_path / "again", epochs=1, rollout_steps=5, init=str(both)))
+    cfg = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert [(d["num_train"], d["num_val"]) for d in cfg["datasets"]] == [(24, 6), (8, 7)]
+    run_training(train_cfg(f"{data},{more}", both, epochs=2, resume=True))
+    assert [int(r["epoch"]) for r in read_log(both)] == [1, 2]
+
+
+@pytest.mark.parametrize("second, match", [("same", "names a dataset twice"), ("pile", "is from pile"),
+                                           ("spec", "other push-box settings")])
+def test_datasets_that_do_not_train_together_are_one_clear_error(data, tmp_path, second, match):
+    if second == "same":
+        other = data
+    else:
+        other = write_toy_dataset(tmp_path / second, n=4, env="pile" if second == "pile" else "push-box")
+        if second == "spec":
+            meta = store.read_meta(other)
+            store.write_json_atomic(other / store.META_NAME, {**meta, "env_spec": {"config": {"max_push": 1}}})
+    with pytest.raises(UserError, match=match):
+        run_training(train_cfg(f"{data},{other}", tmp_path / "r"))
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,78 @@
+"""How well a cloth model ranks pick-and-places from one state, as the smoothing planner uses it.
+
+A dataset recorded with ``mbrl plan cloth --record DIR --branches B`` holds, at
+every state its MPC reached, the executed pick-and-place and B others (the
+planner's runners-up and random picks on the cloth), each simulated by MuJoCo.
+From each such state the model predicts where every candidate leaves the
+cloth (from rest, as the MPC encodes an observation), the planner's own cost
+scores the predictions (:func:`mbrl.cloth_mpc.mesh_cost`: the covered area on
+the env's raster), and the candidates' true coverages say how good the
+model's choice was. Coverages are fractions of the flat cloth's area:
+
+* ``regret``: the best candidate's true coverage minus that of the model's
+  top candidate (0: it picked the best);
+* ``random_regret``: the same for a candidate drawn at random (the mean over
+  the candidates), the "no model" reference;
+* ``spearman``: rank correlation of predicted and true coverage, mean over states;
+* ``mean_abs_error`` and ``bias``: of the predicted coverage after each candidate.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import sim_envs
+from mbrl.cloth_mpc import mesh_cost
+
+KEYS = ("branch_vertices", "branch_segments")
+
+
+def has_branches(episodes: list[dict]) -> bool:
+    return any(all(k in ep for k in KEYS) for ep in episodes)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation of two [C] arrays (ties broken by order; 0 where one is constant)."""
+    ra, rb = np.argsort(np.argsort(a)).astype(float), np.argsort(np.argsort(b)).astype(float)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
+    return float((ra * rb).sum() / denom) if denom > 0 else 0.0
+
+
+@torch.no_grad()
+def branch_ranking(model, episodes: list[dict], env_config: dict) -> dict[str, float]:
+    """``model`` (a ``mesh`` model), episodes with branches (``mbrl.store`` arrays) and the env config
+    they were recorded with -> the ranking metrics of the module doc, over every state with branches."""
+    env = sim_envs.make("cloth", **env_config)
+    faces = torch.as_tensor(env.faces, dtype=torch.long, device=model.device)
+    flat = env.max_coverage
+    k = model.steps_per_action
+    was_training = model.training
+    model.eval()
+    rows = []
+    try:
+        for ep in episodes:
+            if not all(key in ep for key in KEYS):
+                continue
+            verts, segs = np.asarray(ep["vertices"]), np.asarray(ep["segments"])
+            for t in range(len(ep["branch_vertices"])):
+                executed = verts[t * k:(t + 1) * k + 1][None], segs[t * k:(t + 1) * k][None]
+                ends = np.concatenate([executed[0][:, -1], ep["branch_vertices"][t][:, -1]])  # [C, V, 3]
+                plans = np.concatenate([executed[1], ep["branch_segments"][t]])  # [C, K, 5]
+                state = model.encode({"vertices": verts[t * k]})
+                pred = model.nodes(model.rollout(state, torch.as_tensor(plans, dtype=torch.float32,
+                                                                          device=model.device)))[0][:, -1]
+                true_ends = torch.as_tensor(ends, dtype=torch.float32, device=model.device)
+                predicted = -mesh_cost(env, pred, faces).cpu().numpy() / flat
+                true = -mesh_cost(env, true_ends, faces).cpu().numpy() / flat
+                rows.append((len(true), true.max() - true[predicted.argmax()], true.max() - true.mean(),
+                             _spearman(predicted, true), np.abs(predicted - true).mean(), (predicted - true).mean()))
+    finally:
+        model.train(was_training)
+        env.close()
+    if not rows:
+        return {}
+    candidates, regret, random_regret, spearman, mae, bias = np.mean(rows, axis=0)
+    return {"states": len(rows), "candidates": float(candidates), "regret": float(regret),
+            "random_regret": float(random_regret), "spearman": float(spearman), "mean_abs_error": float(mae),
+            "bias": float(bias)}
