@@ -200,6 +200,42 @@ class MeshInteraction(MessagePassing):
         return e
 
 
+def widen_state_dict(narrow: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                     hidden: int, wide: int) -> dict[str, torch.Tensor]:
+    """Net2WiderNet (Chen et al., ICLR 2016): latent size ``hidden`` -> ``wide`` = k ``hidden``, same function.
+
+    A latent vector ``x [H]`` becomes ``cat([x] * k) [k H]``.  Every dimension
+    of a ``narrow`` tensor whose size differs from ``target``'s holds whole
+    latent blocks (``[H, 2 H]`` -> ``[k H, 2 k H]``).  Outputs (dim 0: weights'
+    rows, biases, LayerNorm parameters) are tiled, giving each unit k copies.
+    Inputs (dim 1 of a weight) are split among the copies, ``W / k`` each plus
+    noise that sums to zero over them (std a tenth of ``W / k``'s RMS, from
+    torch's global generator).  Every layer so computes the narrow model's
+    function exactly (LayerNorm too: ``[x, x]`` has x's mean and variance),
+    and the copies' different outgoing weights let training tell them apart;
+    without the noise they would get equal gradients and stay copies."""
+    k = wide // hidden
+    if k * hidden != wide or k < 1:
+        raise RuntimeError(f"latent size {hidden} does not widen to {wide}: it must be a whole multiple")
+    out = {}
+    for key, value in narrow.items():
+        for dim, (old, new) in enumerate(zip(value.shape, target[key].shape)):
+            if old == new:
+                continue
+            if old % hidden or new != old * k:
+                raise RuntimeError(f"{key}: size {old} does not widen with the latent size {hidden} -> {wide}")
+            blocks = value.unflatten(dim, (old // hidden, hidden))
+            if dim == 0:
+                value = torch.cat([blocks] * k, dim=1).flatten(0, 1)
+            else:
+                parts = (blocks / k).expand(k, *blocks.shape)
+                noise = torch.randn(parts.shape) * 0.1 * parts[0].pow(2).mean().sqrt()
+                parts = parts + noise - noise.mean(0, keepdim=True)
+                value = torch.cat(list(parts), dim=dim + 1).flatten(dim, dim + 1)
+        out[key] = value
+    return out
+
+
 # -- the model -----------------------------------------------------------------------
 class MeshDynamics(DynamicsModel):
     """MeshGraphNets-style cloth model; ``state [.., 7M]``, ``action [.., 5]`` (one segment).
@@ -345,6 +381,16 @@ class MeshDynamics(DynamicsModel):
             "pick_tolerance": self.pick_tolerance,
             "inextensible_iterations": self.inextensible_iterations,
         }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """As ``nn.Module``'s, and weights of a narrower model (latent size H / k,
+        otherwise the same configuration) are widened first by
+        :func:`widen_state_dict`: ``--init`` a trained model with a larger
+        ``hidden`` starts from its function instead of from scratch."""
+        narrow = state_dict.get("node_encoder.0.weight")
+        if narrow is not None and narrow.shape[0] != self.hidden:
+            state_dict = widen_state_dict(state_dict, self.state_dict(), narrow.shape[0], self.hidden)
+        return super().load_state_dict(state_dict, strict, assign)
 
     @classmethod
     def infer_config(cls, meta: Mapping[str, Any], episode: Mapping[str, np.ndarray]) -> dict[str, Any]:

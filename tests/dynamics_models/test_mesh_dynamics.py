@@ -449,6 +449,28 @@ def test_fit_normalisation_and_loss():
         assert float(model.loss(w)[0]) != float(model.loss(w)[0])
 
 
+def test_a_wider_model_starts_from_a_narrower_ones_function_and_can_learn_apart_from_it():
+    narrow = small_model(seed=1)  # hidden 16
+    with torch.no_grad():  # LayerNorm gains and biases away from their initial 1 and 0
+        for name, p in narrow.named_parameters():
+            p.add_(torch.randn(p.shape) * 0.3 * (".3." in name or "edge_out.2" in name))
+    state, segs = moving_segments(narrow, 4)
+    wide = small_model(seed=2, hidden=32)
+    wide.load_state_dict(narrow.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(wide.rollout(state, segs), narrow.rollout(state, segs), atol=1e-5)
+    first, second = wide.node_encoder[0].weight.detach().split(16)
+    assert torch.equal(first, second)  # each unit has two copies, with different outgoing weights:
+    out = wide.node_encoder[2].weight.detach()
+    assert not torch.allclose(out[:, :16], out[:, 16:])
+    wide.rollout(state, segs).pow(2).sum().backward()
+    grad = wide.node_encoder[0].weight.grad
+    assert not torch.allclose(grad[:16], grad[16:])  # so training tells the copies apart
+    for hidden in (24, 8):
+        with pytest.raises(RuntimeError, match="whole multiple"):
+            small_model(hidden=hidden).load_state_dict(narrow.state_dict())
+
+
 @pytest.fixture
 def one_thread():
     """Intra-op threads only add synchronisation on graphs this small; on a busy 2-core machine a
