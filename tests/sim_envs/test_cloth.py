@@ -90,7 +90,11 @@ def test_the_held_vertex_follows_the_commanded_path_and_lands_at_the_place(env):
     np.testing.assert_allclose(seg[g - 1, 1:3], v[i, :2] + action[2:], atol=1e-9)
     held = np.linalg.norm(way[:g, i] - seg[:g, 1:4], axis=1)
     assert held.max() < 0.03  # the connect constraint lags the fast move a little
-    assert np.linalg.norm(obs["vertices"][i, :2] - (v[i, :2] + action[2:])) < 0.03
+    place = v[i, :2] + action[2:]
+    assert np.linalg.norm(way[g - 1, i, :2] - place) < 0.005  # released at the place
+    # then the crumpled cloth settles and tugs the vertex back (0.5-5.5 cm over seeds 0-7, and by
+    # on this seed 3.07 cm on one CPU and under 3 cm on others), undoing well under a quarter of the move
+    assert np.linalg.norm(obs["vertices"][i, :2] - place) < 0.25 * np.linalg.norm(action[2:])
 
 
 def test_bad_actions_are_refused(env):
