@@ -92,8 +92,8 @@ def test_the_held_vertex_follows_the_commanded_path_and_lands_at_the_place(env):
     assert held.max() < 0.03  # the connect constraint lags the fast move a little
     place = v[i, :2] + action[2:]
     assert np.linalg.norm(way[g - 1, i, :2] - place) < 0.005  # released at the place
-    # then the crumpled cloth settles and tugs the vertex back (0.5-5.5 cm over seeds 0-7, and by
-    # on this seed 3.07 cm on one CPU and under 3 cm on others), undoing well under a quarter of the move
+    # then the crumpled cloth settles and tugs the vertex back (0.5-5.5 cm over seeds 0-7; on this
+    # seed 3.07 cm on one CPU, under 3 cm on others), undoing well under a quarter of the move
     assert np.linalg.norm(obs["vertices"][i, :2] - place) < 0.25 * np.linalg.norm(action[2:])
 
 
