@@ -215,7 +215,7 @@ def widen_state_dict(narrow: Mapping[str, torch.Tensor], target: Mapping[str, to
     and the copies' different outgoing weights let training tell them apart;
     without the noise they would get equal gradients and stay copies."""
     k = wide // hidden
-    if k * hidden != wide or k < 1:
+    if k * hidden != wide:
         raise RuntimeError(f"latent size {hidden} does not widen to {wide}: it must be a whole multiple")
     out = {}
     for key, value in narrow.items():
