@@ -108,6 +108,10 @@ _PAIRWISE_CHUNK = 50_000_000
 _MAX_GRAPH_NODES = {"cpu": 8192, "other": 262_144}
 _NODE_FEATURES = 19
 _GRASP_SCALE = 0.1  # m, unit of the offsets to the held node (the cloth is ~0.35 m across)
+# footprint term of the loss (``footprint_weight``): a soft occupancy image of the nodes' xy,
+# OCCUPANCY_CELLS^2 cells over [-workspace - 0.1, workspace + 0.1]^2, Gaussian splats of std OCCUPANCY_SIGMA
+OCCUPANCY_CELLS = 64
+OCCUPANCY_SIGMA = 0.0125  # m: half the flat cloth's vertex spacing, so a flat cloth's splats sum to >= 1 inside
 _EDGE_FEATURES = 9
 _TOPOLOGIES = ("mesh", "visible")
 # pick-and-place geometry that infer_config copies from the env config (same names), with its type
@@ -143,6 +147,20 @@ def _edge_set(edges: np.ndarray) -> np.ndarray:
 def min_jerk(u: torch.Tensor) -> torch.Tensor:
     """Phase u in [0, 1] -> minimum-jerk progress ``10 u^3 - 15 u^4 + 6 u^5`` (same shape)."""
     return u.pow(3) * (10 - 15 * u + 6 * u.pow(2))
+
+
+def occupancy(pos: torch.Tensor, valid: torch.Tensor, extent: float, cells: int = OCCUPANCY_CELLS,
+              sigma: float = OCCUPANCY_SIGMA) -> torch.Tensor:
+    """pos [..., M, 3] m, valid [..., M] -> soft occupancy [..., cells, cells] in [0, 1] (rows y, columns x).
+
+    Each valid node's xy is a Gaussian splat of std ``sigma``; a cell centre's
+    occupancy is the splats' sum there, clamped at 1. The cells are ``2 extent
+    / cells`` wide over [-extent, extent]^2. A smooth footprint of the cloth on
+    the table, differentiable in xy: what its covered area measures."""
+    centres = (torch.arange(cells, device=pos.device, dtype=pos.dtype) + 0.5) * (2 * extent / cells) - extent
+    gx = torch.exp(-0.5 * ((pos[..., 0:1] - centres) / sigma).square()) * valid.unsqueeze(-1).to(pos.dtype)
+    gy = torch.exp(-0.5 * ((pos[..., 1:2] - centres) / sigma).square())  # [..., M, cells] each
+    return (gy.transpose(-1, -2) @ gx).clamp(max=1.0)
 
 
 @torch.no_grad()
@@ -258,6 +276,7 @@ class MeshDynamics(DynamicsModel):
         workspace: m, the place point is clipped to [-workspace, workspace] in x and y.
         pick_tolerance: m, pick candidates lie within this of the nearest node's xy distance.
         inextensible_iterations: edge-length projection iterations after each step (0: none).
+        footprint_weight: weight of the loss's footprint term (``loss``; 0: position error only).
     """
 
     name = "mesh"
@@ -287,6 +306,7 @@ class MeshDynamics(DynamicsModel):
         workspace: float = 0.3,
         pick_tolerance: float = 0.02,
         inextensible_iterations: int = 20,
+        footprint_weight: float = 0.0,
     ):
         super().__init__()
         if topology not in _TOPOLOGIES:
@@ -303,7 +323,8 @@ class MeshDynamics(DynamicsModel):
             if not float(value) > 0:
                 raise ValueError(f"{key} must be > 0, got {value}")
         for key, value in (("noise_std", noise_std), ("pick_tolerance", pick_tolerance),
-                           ("inextensible_iterations", inextensible_iterations)):
+                           ("inextensible_iterations", inextensible_iterations),
+                           ("footprint_weight", footprint_weight)):
             if not float(value) >= 0:
                 raise ValueError(f"{key} must be >= 0, got {value}")
         e = np.asarray(edges, dtype=np.int64)
@@ -335,6 +356,7 @@ class MeshDynamics(DynamicsModel):
         self.workspace = float(workspace)
         self.pick_tolerance = float(pick_tolerance)
         self.inextensible_iterations = int(inextensible_iterations)
+        self.footprint_weight = float(footprint_weight)
         self.state_dim = 7 * len(r)  # the mesh's; a "visible" model takes any 7M
         self.action_dim = 5
 
@@ -380,6 +402,7 @@ class MeshDynamics(DynamicsModel):
             "workspace": self.workspace,
             "pick_tolerance": self.pick_tolerance,
             "inextensible_iterations": self.inextensible_iterations,
+            "footprint_weight": self.footprint_weight,
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
@@ -803,8 +826,13 @@ class MeshDynamics(DynamicsModel):
         model is rolled out from ``states[:, 0]`` over the S segments; the loss
         is the mean over steps and valid node coordinates of the squared
         position error in ``acc_std`` units (the grasped node's is 0 by
-        construction).  With training noise (module doc) while
-        ``self.training``.  Validity is taken from the first state."""
+        construction), plus ``footprint_weight`` times the footprint error: the
+        squared difference of the predicted and true :func:`occupancy` images,
+        summed over cells and averaged over windows and steps (what the
+        cloth covers is what smoothing scores, and a position error weighs
+        a vertex inside a fold like one on the border).  With training noise
+        (module doc) while ``self.training``.  Validity is taken from the
+        first state."""
         states, segs = batch["states"], batch["actions"]
         pos, prev, valid = self.split_state(states[:, 0])
         target = self.split_state(states[:, 1:])[0]
@@ -820,9 +848,20 @@ class MeshDynamics(DynamicsModel):
         with torch.no_grad():
             dist = (pred - target).norm(dim=-1) * w[..., 0]  # [B, S, M]
             err = (dist.sum(-1) / w[..., 0].sum(-1).clamp_min(1)).mean(0)  # [S]
-        info = {"loss": float(loss.detach()), "err_1step_m": float(err[0])}
+        footprint = self._footprint_error(pred, target, valid)
+        if self.footprint_weight > 0:
+            loss = loss + self.footprint_weight * footprint
+        info = {"loss": float(loss.detach()), "err_1step_m": float(err[0]), "footprint_cells": float(footprint.detach())}
         info[f"err_{pred.shape[1]}step_m"] = float(err[-1])
         return loss, info
+
+    def _footprint_error(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """pred, target [B, S, M, 3], valid [B, M] -> mean over windows and steps of the summed
+        squared occupancy difference (cells); no gradient unless ``footprint_weight`` > 0."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.footprint_weight > 0):
+            extent, mask = self.workspace + 0.1, valid[:, None]
+            diff = occupancy(pred, mask, extent) - occupancy(target, mask, extent)
+            return diff.square().sum((-1, -2)).mean()
 
 
 class VisibleMeshDynamics(MeshDynamics):

@@ -15,6 +15,12 @@ model's choice was. Coverages are fractions of the flat cloth's area:
   the candidates), the "no model" reference;
 * ``spearman``: rank correlation of predicted and true coverage, mean over states;
 * ``mean_abs_error`` and ``bias``: of the predicted coverage after each candidate.
+
+Any cloth dataset (the random data of ``mbrl collect`` too) is also scored on
+its executed pick-and-places alone (:func:`pick_coverage`): the error of the
+coverage predicted after each against the truth, beside the "nothing moves"
+baseline's (the coverage before the pick), and the rank correlation of the
+predicted and true gains over all picks.
 """
 from __future__ import annotations
 
@@ -39,13 +45,54 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float((ra * rb).sum() / denom) if denom > 0 else 0.0
 
 
+def _coverages(model, env, faces: torch.Tensor, start: np.ndarray, plans: np.ndarray,
+               ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """From the vertices ``start`` [V, 3] (encoded at rest, as the MPC encodes an observation),
+    pick-and-places ``plans`` [C, K, 5] that MuJoCo took to ``ends`` [C, V, 3] -> the predicted
+    and true coverages [C] after each, as fractions of the flat area."""
+    state = model.encode({"vertices": start})
+    pred = model.nodes(model.rollout(state, torch.as_tensor(plans, dtype=torch.float32, device=model.device)))[0][:, -1]
+    true_ends = torch.as_tensor(ends, dtype=torch.float32, device=model.device)
+    return (-mesh_cost(env, pred, faces).cpu().numpy() / env.max_coverage,
+            -mesh_cost(env, true_ends, faces).cpu().numpy() / env.max_coverage)
+
+
+@torch.no_grad()
+def pick_coverage(model, episodes: list[dict], env_config: dict) -> dict[str, float]:
+    """``model`` (a ``mesh`` model), episodes (``mbrl.store`` arrays) and the env config they were
+    recorded with -> the coverage metrics of the executed pick-and-places (module doc)."""
+    env = sim_envs.make("cloth", **env_config)
+    faces = torch.as_tensor(env.faces, dtype=torch.long, device=model.device)
+    k = model.steps_per_action
+    was_training = model.training
+    model.eval()
+    rows = []  # (before, predicted, true) per pick
+    try:
+        for ep in episodes:
+            verts, segs = np.asarray(ep["vertices"]), np.asarray(ep["segments"])
+            for t in range(len(segs) // k):
+                predicted, true = _coverages(model, env, faces, verts[t * k], segs[t * k:(t + 1) * k][None],
+                                             verts[(t + 1) * k][None])
+                before = -mesh_cost(env, torch.as_tensor(verts[t * k][None], dtype=torch.float32,
+                                                        device=model.device), faces)
+                rows.append((float(before[0]) / env.max_coverage, predicted[0], true[0]))
+    finally:
+        model.train(was_training)
+        env.close()
+    if not rows:
+        return {}
+    before, predicted, true = np.asarray(rows).T
+    return {"picks": len(rows), "mean_abs_error": float(np.abs(predicted - true).mean()),
+            "bias": float((predicted - true).mean()), "baseline_mean_abs_error": float(np.abs(before - true).mean()),
+            "gain_spearman": _spearman(predicted - before, true - before)}
+
+
 @torch.no_grad()
 def branch_ranking(model, episodes: list[dict], env_config: dict) -> dict[str, float]:
     """``model`` (a ``mesh`` model), episodes with branches (``mbrl.store`` arrays) and the env config
     they were recorded with -> the ranking metrics of the module doc, over every state with branches."""
     env = sim_envs.make("cloth", **env_config)
     faces = torch.as_tensor(env.faces, dtype=torch.long, device=model.device)
-    flat = env.max_coverage
     k = model.steps_per_action
     was_training = model.training
     model.eval()
@@ -59,12 +106,7 @@ def branch_ranking(model, episodes: list[dict], env_config: dict) -> dict[str, f
                 executed = verts[t * k:(t + 1) * k + 1][None], segs[t * k:(t + 1) * k][None]
                 ends = np.concatenate([executed[0][:, -1], ep["branch_vertices"][t][:, -1]])  # [C, V, 3]
                 plans = np.concatenate([executed[1], ep["branch_segments"][t]])  # [C, K, 5]
-                state = model.encode({"vertices": verts[t * k]})
-                pred = model.nodes(model.rollout(state, torch.as_tensor(plans, dtype=torch.float32,
-                                                                          device=model.device)))[0][:, -1]
-                true_ends = torch.as_tensor(ends, dtype=torch.float32, device=model.device)
-                predicted = -mesh_cost(env, pred, faces).cpu().numpy() / flat
-                true = -mesh_cost(env, true_ends, faces).cpu().numpy() / flat
+                predicted, true = _coverages(model, env, faces, verts[t * k], plans, ends)
                 rows.append((len(true), true.max() - true[predicted.argmax()], true.max() - true.mean(),
                              _spearman(predicted, true), np.abs(predicted - true).mean(), (predicted - true).mean()))
     finally:

@@ -13,7 +13,9 @@ directory, or identical ``meta.json``), the episodes after the training split
 
 A cloth dataset recorded with branches (``mbrl plan cloth --record DIR
 --branches B``) is also scored as the planner uses the model: how well it ranks
-the pick-and-places tried from each state (``ranking``, :mod:`mbrl.cloth_ranking`).
+the pick-and-places tried from each state (``ranking``, :mod:`mbrl.cloth_ranking`),
+and any cloth dataset on the coverage a mesh model predicts after each recorded
+pick-and-place (``coverage``: what the smoothing planner scores).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import torch
 
 from dynamics_models import DynamicsModel
 from mbrl.checkpoints import check_model_for_env, is_pretrained, load_model, trained_splits
-from mbrl.cloth_ranking import branch_ranking, has_branches
+from mbrl.cloth_ranking import branch_ranking, has_branches, pick_coverage
 from mbrl.configs import EvalConfig
 from mbrl.device import resolve_device
 from mbrl.errors import UserError
@@ -187,6 +189,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     if not errors:
         raise UserError(f"dataset {data_dir}: episodes are too short for any horizon in {HORIZONS}")
     ranking = branch_ranking(model, episodes, meta["env_spec"]["config"]) if has_branches(episodes) else {}
+    coverage = pick_coverage(model, episodes, meta["env_spec"]["config"]) if model.name == "mesh" else {}
     result = {
         "model": str(cfg.run),
         "model_name": model.name,
@@ -201,6 +204,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         "horizons": {str(h): e for h, e in errors.items()},
         "skipped_horizons": [h for h in HORIZONS if h not in errors],
         **({"ranking": ranking} if ranking else {}),
+        **({"coverage": coverage} if coverage else {}),
     }
     if cfg.out:
         out = Path(cfg.out)
@@ -235,6 +239,11 @@ def format_eval(result: dict) -> str:
         lines.append(f"ranking {r['states']} states x {r['candidates']:.0f} pick-and-places (fractions of the flat area): "
                      f"regret {r['regret']:.4f} (random pick {r['random_regret']:.4f}), Spearman {r['spearman']:.3f}, "
                      f"coverage error {r['mean_abs_error']:.4f} (bias {r['bias']:+.4f})")
+    if "coverage" in result:
+        c = result["coverage"]
+        lines.append(f"coverage after each of {c['picks']} recorded pick-and-places (fractions of the flat area): "
+                     f"error {c['mean_abs_error']:.4f} (nothing moves {c['baseline_mean_abs_error']:.4f}), "
+                     f"bias {c['bias']:+.4f}, rank correlation of the gains {c['gain_spearman']:.3f}")
     if "path" in result:
         lines.append(f"wrote {result['path']}" + "".join(f", {p}" for p in result.get("strip", [])))
     return "\n".join(lines)

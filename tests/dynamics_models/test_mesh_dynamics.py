@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import dynamics_models
-from dynamics_models.mesh import MeshDynamics, min_jerk, nearest_pairs
+from dynamics_models.mesh import OCCUPANCY_SIGMA, MeshDynamics, min_jerk, nearest_pairs, occupancy
 
 SPACING = 0.025  # m
 TINY = dict(hidden=16, message_passing_steps=2)
@@ -447,6 +447,34 @@ def test_fit_normalisation_and_loss():
     model.train()
     with torch.no_grad():
         assert float(model.loss(w)[0]) != float(model.loss(w)[0])
+
+
+def test_occupancy_is_the_cloths_footprint_and_the_loss_can_weigh_it():
+    extent, cells = 0.2, 64
+    cell_area = (2 * extent / cells) ** 2
+    side = 4 * SPACING  # the grid's 5 x 5 vertices span a 10 cm square
+    flat = torch.as_tensor(REST).requires_grad_()
+    valid = torch.ones(V, dtype=torch.bool)
+    area = occupancy(flat, valid, extent, cells).sum() * cell_area
+    assert side ** 2 < float(area) < (side + 4 * OCCUPANCY_SIGMA) ** 2  # the square and a halo
+    area.backward()
+    assert (flat.grad[REST[:, 0] > 0.04, 0] > 0).all()  # pulling the border out widens it
+    # folded in two, it covers what its lower half covers (two layers widen the halo a little)
+    half = occupancy(torch.as_tensor(folded()), valid, extent, cells).sum() * cell_area
+    lower = occupancy(flat.detach(), torch.as_tensor(REST[:, 0] <= 1e-6), extent, cells).sum() * cell_area
+    assert float(lower) < float(half) < 1.15 * float(lower)
+    assert float(occupancy(flat, torch.zeros_like(valid), extent, cells).sum()) == 0.0
+
+    model = small_model(**SHORT)
+    w = toy_windows(model, 2, steps=2, seed=3)
+    model.fit_normalisation(w)
+    model.eval()
+    with torch.no_grad():
+        plain, info = model.loss(w)
+        model.footprint_weight = 0.5
+        weighed, info_weighed = model.loss(w)
+    assert info["footprint_cells"] == info_weighed["footprint_cells"] > 0
+    assert float(weighed) == pytest.approx(float(plain) + 0.5 * info["footprint_cells"], rel=1e-5)
 
 
 def test_a_wider_model_starts_from_a_narrower_ones_function_and_can_learn_apart_from_it():

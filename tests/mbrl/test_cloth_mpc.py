@@ -10,7 +10,7 @@ import sim_envs
 from mbrl.checkpoints import load_model
 from mbrl.cli import main
 from mbrl.cloth_mpc import MeshPredictor, VisiblePointsPredictor, pick_proposals
-from mbrl.cloth_ranking import branch_ranking
+from mbrl.cloth_ranking import branch_ranking, pick_coverage
 from mbrl.perception import cloth_points
 
 EPISODE_KEYS = {"initial_coverage", "final_coverage", "max_coverage", "ni", "picks", "median_plan_ms"}
@@ -226,6 +226,7 @@ def test_branches_add_other_pick_and_places_from_each_recorded_state(cloth_runs,
                                         episode["branch_segments"][step]])
                 ends = np.concatenate([episode["vertices"][(step + 1) * k][None], episode["branch_vertices"][step][:, -1]])
                 self.ends[plans.tobytes()] = ends
+                self.ends[plans[:1].tobytes()] = ends[:1]  # the executed pick-and-place alone
 
         def encode(self, obs):
             return model.encode(obs)
@@ -237,9 +238,19 @@ def test_branches_add_other_pick_and_places_from_each_recorded_state(cloth_runs,
             ends = torch.as_tensor(self.ends[segments.numpy().tobytes()])
             return model.join_state(ends, ends, torch.ones(ends.shape[:-1], dtype=torch.bool))[:, None].expand(-1, k, -1)
 
-    perfect = branch_ranking(Truth(), [dict(episode)], json.loads((tmp_path / "d" / "meta.json").read_text())["env_spec"]["config"])
+    config = json.loads((tmp_path / "d" / "meta.json").read_text())["env_spec"]["config"]
+    perfect = branch_ranking(Truth(), [dict(episode)], config)
     assert perfect["regret"] == 0 and perfect["mean_abs_error"] < 1e-6 and perfect["spearman"] > 0.99
     assert perfect["random_regret"] == pytest.approx(ranking["random_regret"])
+
+    coverage = result["coverage"]  # the executed pick-and-places alone, as on any cloth dataset
+    env = sim_envs.make("cloth", **config)
+    covered = [env.coverage(episode["vertices"][step * k]) / env.max_coverage for step in range(t + 1)]
+    assert coverage["picks"] == t and coverage["mean_abs_error"] >= 0
+    assert coverage["baseline_mean_abs_error"] == pytest.approx(np.abs(np.diff(covered)).mean(), abs=1e-6)
+    exact = pick_coverage(Truth(), [dict(episode)], config)
+    assert exact["mean_abs_error"] < 1e-6 and exact["picks"] == t
+    assert exact["baseline_mean_abs_error"] == pytest.approx(coverage["baseline_mean_abs_error"])
 
     assert main([*plan, "--out", str(tmp_path / "p"), "--branches", "2"]) != 0  # nowhere to record them
     assert "give --record DIR" in capsys.readouterr().err
