@@ -848,20 +848,19 @@ class MeshDynamics(DynamicsModel):
         with torch.no_grad():
             dist = (pred - target).norm(dim=-1) * w[..., 0]  # [B, S, M]
             err = (dist.sum(-1) / w[..., 0].sum(-1).clamp_min(1)).mean(0)  # [S]
-        footprint = self._footprint_error(pred, target, valid)
+        info = {"err_1step_m": float(err[0]), f"err_{pred.shape[1]}step_m": float(err[-1])}
         if self.footprint_weight > 0:
+            footprint = self._footprint_error(pred, target, valid)
             loss = loss + self.footprint_weight * footprint
-        info = {"loss": float(loss.detach()), "err_1step_m": float(err[0]), "footprint_cells": float(footprint.detach())}
-        info[f"err_{pred.shape[1]}step_m"] = float(err[-1])
-        return loss, info
+            info["footprint_cells"] = float(footprint.detach())
+        return loss, {"loss": float(loss.detach()), **info}
 
     def _footprint_error(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """pred, target [B, S, M, 3], valid [B, M] -> mean over windows and steps of the summed
-        squared occupancy difference (cells); no gradient unless ``footprint_weight`` > 0."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.footprint_weight > 0):
-            extent, mask = self.workspace + 0.1, valid[:, None]
-            diff = occupancy(pred, mask, extent) - occupancy(target, mask, extent)
-            return diff.square().sum((-1, -2)).mean()
+        squared occupancy difference (cells)."""
+        extent, mask = self.workspace + 0.1, valid[:, None]
+        diff = occupancy(pred, mask, extent) - occupancy(target, mask, extent)
+        return diff.square().sum((-1, -2)).mean()
 
 
 class VisibleMeshDynamics(MeshDynamics):
