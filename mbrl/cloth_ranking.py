@@ -24,6 +24,8 @@ predicted and true gains over all picks.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -45,44 +47,53 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float((ra * rb).sum() / denom) if denom > 0 else 0.0
 
 
-def _coverages(model, env, faces: torch.Tensor, start: np.ndarray, plans: np.ndarray,
-               ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@contextmanager
+def _scoring(model, env_config: dict):
+    """The cloth env of ``env_config`` and its faces [F, 3] on the model's device, with the model in
+    eval mode; the env is closed and the model's mode restored afterwards."""
+    env = sim_envs.make("cloth", **env_config)
+    was_training = model.training
+    model.eval()
+    try:
+        yield env, torch.as_tensor(env.faces, dtype=torch.long, device=model.device)
+    finally:
+        model.train(was_training)
+        env.close()
+
+
+def _coverage(env, faces: torch.Tensor, vertices) -> np.ndarray:
+    """vertices [C, V, 3] (array or tensor) -> covered area [C] on the env's raster, fractions of the flat area."""
+    v = torch.as_tensor(vertices, dtype=torch.float32, device=faces.device)
+    return -mesh_cost(env, v, faces).cpu().numpy() / env.max_coverage
+
+
+def _predicted_coverage(model, env, faces: torch.Tensor, start: np.ndarray, plans: np.ndarray) -> np.ndarray:
     """From the vertices ``start`` [V, 3] (encoded at rest, as the MPC encodes an observation),
-    pick-and-places ``plans`` [C, K, 5] that MuJoCo took to ``ends`` [C, V, 3] -> the predicted
-    and true coverages [C] after each, as fractions of the flat area."""
+    pick-and-places ``plans`` [C, K, 5] -> the coverage [C] the model predicts after each."""
     state = model.encode({"vertices": start})
-    pred = model.nodes(model.rollout(state, torch.as_tensor(plans, dtype=torch.float32, device=model.device)))[0][:, -1]
-    true_ends = torch.as_tensor(ends, dtype=torch.float32, device=model.device)
-    return (-mesh_cost(env, pred, faces).cpu().numpy() / env.max_coverage,
-            -mesh_cost(env, true_ends, faces).cpu().numpy() / env.max_coverage)
+    pred = model.nodes(model.rollout(state, torch.as_tensor(plans, dtype=torch.float32, device=model.device)))[0]
+    return _coverage(env, faces, pred[:, -1])
 
 
 @torch.no_grad()
 def pick_coverage(model, episodes: list[dict], env_config: dict) -> dict[str, float]:
     """``model`` (a ``mesh`` model), episodes (``mbrl.store`` arrays) and the env config they were
     recorded with -> the coverage metrics of the executed pick-and-places (module doc)."""
-    env = sim_envs.make("cloth", **env_config)
-    faces = torch.as_tensor(env.faces, dtype=torch.long, device=model.device)
     k = model.steps_per_action
-    was_training = model.training
-    model.eval()
-    rows = []  # (before, predicted, true) per pick
-    try:
+    before, predicted, true = [], [], []
+    with _scoring(model, env_config) as (env, faces):
         for ep in episodes:
             verts, segs = np.asarray(ep["vertices"]), np.asarray(ep["segments"])
-            for t in range(len(segs) // k):
-                predicted, true = _coverages(model, env, faces, verts[t * k], segs[t * k:(t + 1) * k][None],
-                                             verts[(t + 1) * k][None])
-                before = -mesh_cost(env, torch.as_tensor(verts[t * k][None], dtype=torch.float32,
-                                                        device=model.device), faces)
-                rows.append((float(before[0]) / env.max_coverage, predicted[0], true[0]))
-    finally:
-        model.train(was_training)
-        env.close()
-    if not rows:
+            picks = len(segs) // k
+            covered = _coverage(env, faces, verts[:picks * k + 1:k])  # [picks + 1]: before the first, after each
+            before.extend(covered[:-1])
+            true.extend(covered[1:])
+            predicted.extend(float(_predicted_coverage(model, env, faces, verts[t * k], segs[t * k:(t + 1) * k][None])[0])
+                             for t in range(picks))
+    if not true:
         return {}
-    before, predicted, true = np.asarray(rows).T
-    return {"picks": len(rows), "mean_abs_error": float(np.abs(predicted - true).mean()),
+    before, predicted, true = map(np.asarray, (before, predicted, true))
+    return {"picks": len(true), "mean_abs_error": float(np.abs(predicted - true).mean()),
             "bias": float((predicted - true).mean()), "baseline_mean_abs_error": float(np.abs(before - true).mean()),
             "gain_spearman": _spearman(predicted - before, true - before)}
 
@@ -91,13 +102,9 @@ def pick_coverage(model, episodes: list[dict], env_config: dict) -> dict[str, fl
 def branch_ranking(model, episodes: list[dict], env_config: dict) -> dict[str, float]:
     """``model`` (a ``mesh`` model), episodes with branches (``mbrl.store`` arrays) and the env config
     they were recorded with -> the ranking metrics of the module doc, over every state with branches."""
-    env = sim_envs.make("cloth", **env_config)
-    faces = torch.as_tensor(env.faces, dtype=torch.long, device=model.device)
     k = model.steps_per_action
-    was_training = model.training
-    model.eval()
     rows = []
-    try:
+    with _scoring(model, env_config) as (env, faces):
         for ep in episodes:
             if not all(key in ep for key in KEYS):
                 continue
@@ -106,12 +113,10 @@ def branch_ranking(model, episodes: list[dict], env_config: dict) -> dict[str, f
                 executed = verts[t * k:(t + 1) * k + 1][None], segs[t * k:(t + 1) * k][None]
                 ends = np.concatenate([executed[0][:, -1], ep["branch_vertices"][t][:, -1]])  # [C, V, 3]
                 plans = np.concatenate([executed[1], ep["branch_segments"][t]])  # [C, K, 5]
-                predicted, true = _coverages(model, env, faces, verts[t * k], plans, ends)
+                predicted = _predicted_coverage(model, env, faces, verts[t * k], plans)
+                true = _coverage(env, faces, ends)
                 rows.append((len(true), true.max() - true[predicted.argmax()], true.max() - true.mean(),
                              _spearman(predicted, true), np.abs(predicted - true).mean(), (predicted - true).mean()))
-    finally:
-        model.train(was_training)
-        env.close()
     if not rows:
         return {}
     candidates, regret, random_regret, spearman, mae, bias = np.mean(rows, axis=0)
