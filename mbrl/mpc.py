@@ -25,7 +25,7 @@ from mbrl.costs import push_box_cost
 from mbrl.device import resolve_device
 from mbrl.errors import UserError, require_at_least, require_choice
 from mbrl.oracle import PushBoxOracle
-from mbrl.pile_mpc import ParticlePredictor, PileOraclePredictor, run_pile_plan
+from mbrl.pile_mpc import ParticlePredictor, PileOraclePredictor, parse_resolution, run_pile_plan
 from mbrl.pixel_mpc import PIXEL_COSTS, PixelPredictor
 from mbrl.store import write_json_atomic
 from mbrl.video import overlay_plan, plot_costs, write_video
@@ -78,6 +78,7 @@ def check_config(cfg: PlanConfig) -> PlanConfig:
         require_at_least(f"--{option.replace('_', '-')} (0: the default)", getattr(cfg, option), 0)
     if cfg.env == "pile":
         require_choice("pile task", cfg.task or "gather", TASKS)
+        parse_resolution(cfg)
         if not cfg.plan_budget > 0:
             raise UserError(f"--plan-budget must be a positive number of seconds, got {cfg.plan_budget}")
     elif cfg.env == "cloth":
