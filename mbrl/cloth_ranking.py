@@ -68,8 +68,9 @@ def _coverage(env, faces: torch.Tensor, vertices) -> np.ndarray:
 
 
 def _predicted_coverage(model, env, faces: torch.Tensor, start: np.ndarray, plans: np.ndarray) -> np.ndarray:
-    """From the vertices ``start`` [V, 3] (encoded at rest, as the MPC encodes an observation),
-    pick-and-places ``plans`` [C, K, 5] -> the coverage [C] the model predicts after each."""
+    """From the vertices ``start`` [V, 3], or one start per plan [C, V, 3] (encoded at rest, as the MPC
+    encodes an observation), pick-and-places ``plans`` [C, K, 5] -> the coverage [C] the model predicts
+    after each."""
     state = model.encode({"vertices": start})
     pred = model.nodes(model.rollout(state, torch.as_tensor(plans, dtype=torch.float32, device=model.device)))[0]
     return _coverage(env, faces, pred[:, -1])
@@ -85,11 +86,13 @@ def pick_coverage(model, episodes: list[dict], env_config: dict) -> dict[str, fl
         for ep in episodes:
             verts, segs = np.asarray(ep["vertices"]), np.asarray(ep["segments"])
             picks = len(segs) // k
+            if picks == 0:
+                continue
             covered = _coverage(env, faces, verts[:picks * k + 1:k])  # [picks + 1]: before the first, after each
             before.extend(covered[:-1])
             true.extend(covered[1:])
-            predicted.extend(float(_predicted_coverage(model, env, faces, verts[t * k], segs[t * k:(t + 1) * k][None])[0])
-                             for t in range(picks))
+            plans = segs[:picks * k].reshape(picks, k, segs.shape[-1])  # [picks, K, 5]
+            predicted.extend(_predicted_coverage(model, env, faces, verts[:picks * k:k], plans))  # all picks at once
     if not true:
         return {}
     before, predicted, true = map(np.asarray, (before, predicted, true))

@@ -226,7 +226,8 @@ def test_branches_add_other_pick_and_places_from_each_recorded_state(cloth_runs,
                                         episode["branch_segments"][step]])
                 ends = np.concatenate([episode["vertices"][(step + 1) * k][None], episode["branch_vertices"][step][:, -1]])
                 self.ends[plans.tobytes()] = ends
-                self.ends[plans[:1].tobytes()] = ends[:1]  # the executed pick-and-place alone
+            executed = episode["segments"][:t * k].reshape(t, k, -1)  # the episode's executed pick-and-places
+            self.ends[executed.tobytes()] = episode["vertices"][k:t * k + 1:k]
 
         def encode(self, obs):
             return model.encode(obs)
