@@ -5,7 +5,8 @@ Each MPC step: observe the cloth (the simulator's mesh, or with the
 [N, H, 4] through the mesh model (or the MuJoCo oracle) to maximise the
 predicted covered area, run the first in MuJoCo, repeat. With ``--pick-sampling
 cloth`` (the default) the planner's first batch picks at random observed cloth
-points (:func:`pick_proposals`); later batches are the planner's own. An episode stops
+points (:func:`pick_proposals`); later batches are the planner's own. With several models
+(``--model A,B,...``) a plan's cost is the mean of their costs (:class:`MeshEnsemblePredictor`). An episode stops
 after ``max_steps`` picks or once its normalised improvement reaches
 ``STOP_NI`` (VCD's rule). With ``--record DIR`` the executed episodes are also
 written as a cloth dataset (DAgger-style data aggregation: ``mbrl train mesh
@@ -57,7 +58,15 @@ def mesh_cost(env, vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return smoothing_cost(vertices, faces, extent=env.coverage_extent, cells=env.config.coverage_cells)
 
 
-class MeshPredictor:
+class PlanCost:
+    """What the planner optimises: the cost of the cloth each plan is predicted to leave."""
+
+    def plan_cost(self, actions: torch.Tensor) -> torch.Tensor:
+        """actions [N, H, 4] -> [N] the cost of the prediction after the last pick-and-place."""
+        return self.cost(self.rollout(actions)[:, -1])
+
+
+class MeshPredictor(PlanCost):
     """The mesh model seen from the MPC loop: the simulator's mesh in, batched pick-and-place rollouts."""
 
     def __init__(self, model, env, device: torch.device):
@@ -100,7 +109,26 @@ class VisiblePointsPredictor(MeshPredictor):
         return -points_coverage(nodes, valid, CLOTH_VOXEL, extent=self.env.coverage_extent)
 
 
-class ClothOraclePredictor(ClothOracle):
+class MeshEnsemblePredictor(MeshPredictor):
+    """Several mesh models planning as one: a plan's cost is the mean of the members' costs (their mean
+    predicted coverage), so a pick that one member over-rates counts for a share of its error, and the
+    planner exploits each member's errors less. ``rollout`` (the video's prediction) is the first member's."""
+
+    def __init__(self, models: list, env, device: torch.device):
+        super().__init__(models[0], env, device)
+        self.members = [MeshPredictor(model, env, device) for model in models]
+
+    def observe(self, obs: dict) -> None:
+        for member in self.members:
+            member.observe(obs)
+        self.points, self.state = self.members[0].points, self.members[0].state
+
+    def plan_cost(self, actions: torch.Tensor) -> torch.Tensor:
+        """actions [N, H, 4] -> [N] the members' mean cost after the last pick-and-place."""
+        return torch.stack([member.plan_cost(actions) for member in self.members]).mean(0)
+
+
+class ClothOraclePredictor(PlanCost, ClothOracle):
     """The oracle seen from the MPC loop: it observes the simulator, not the observation."""
 
     def observe(self, obs: dict | None = None) -> None:
@@ -152,9 +180,6 @@ def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video
     rng = np.random.default_rng(seed)
     low, high = env.action_space.low, env.action_space.high
 
-    def cost_fn(actions: torch.Tensor) -> torch.Tensor:
-        return predictor.cost(predictor.rollout(actions)[:, -1])
-
     picks = 0
     for picks in range(1, cfg.max_steps + 1):
         predictor.observe(obs)
@@ -162,7 +187,7 @@ def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video
         proposals = None
         if cfg.pick_sampling == "cloth":
             proposals = pick_proposals(predictor.points, planner.num_samples, planner.horizon, low, high, rng)
-        result = planner.plan(cost_fn, proposals=proposals)
+        result = planner.plan(predictor.plan_cost, proposals=proposals)
         if result.actions.is_cuda:
             torch.cuda.synchronize()
         plan_ms.append(1000 * (time.perf_counter() - t0))

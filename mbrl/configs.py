@@ -48,7 +48,7 @@ class EvalConfig:
 @dataclass
 class PlanConfig:
     env: str = "push-box"  # environment name
-    model: str = "pretrained:keypoint"  # run directory, pretrained:NAME, or oracle
+    model: str = "pretrained:keypoint"  # run directory, pretrained:NAME, or oracle; cloth: A,B,... plans through the mean cost of several mesh models
     model_args: str = ""  # model options KEY=VALUE[,KEY=VALUE] over the checkpoint's config, e.g. inextensible_iterations=40
     planner: str = "mppi"  # rs | cem | icem | mppi | gd | mppi-gd
     episodes: int = 5  # MPC episodes, goals drawn from seed + i

@@ -19,8 +19,8 @@ import planners
 import sim_envs
 from mbrl.checkpoints import check_model_for_env, load_model
 from mbrl.configs import PlanConfig
-from mbrl.cloth_mpc import (PICK_SAMPLING, ClothOraclePredictor, MeshPredictor, VisiblePointsPredictor, open_recording,
-                             run_cloth_plan)
+from mbrl.cloth_mpc import (PICK_SAMPLING, ClothOraclePredictor, MeshEnsemblePredictor, MeshPredictor,
+                             VisiblePointsPredictor, open_recording, run_cloth_plan)
 from mbrl.costs import push_box_cost
 from mbrl.device import resolve_device
 from mbrl.errors import UserError, require_at_least, require_choice
@@ -56,6 +56,7 @@ class OraclePredictor(PushBoxOracle):
         super().observe()
 
 
+ENSEMBLE_SEPARATOR = ","  # --model A,B,...: plan the cloth through the mean cost of several mesh models
 POSITION_SUCCESS = 0.03  # m: --success position ends an episode when the box centre is this close to the goal
 SUCCESS_RULES = ("full", "position")
 
@@ -114,6 +115,8 @@ def load_planning_model(cfg: PlanConfig, device: torch.device):
         if cfg.model_args:
             raise UserError("--model-args sets options of a learned model; the oracle has none")
         return None
+    if ENSEMBLE_SEPARATOR in cfg.model:
+        return load_ensemble(cfg, device)
     model, checkpoint = load_model(cfg.model, device, cfg.model_args)
     check_model_for_env(model, cfg.env, checkpoint)
     if cfg.cost and model.name != "pixel":
@@ -121,16 +124,37 @@ def load_planning_model(cfg: PlanConfig, device: torch.device):
     return model
 
 
+def load_ensemble(cfg: PlanConfig, device: torch.device) -> list:
+    """The mesh models of ``--model A,B,...`` (each with ``--model-args``), checked against the cloth."""
+    if cfg.env != "cloth":
+        raise UserError(f"several models (an ensemble) plan the cloth only; {cfg.env} takes one --model")
+    if cfg.cost:
+        raise UserError("--cost chooses a pixel-space cost, for a pixel model; an ensemble is of mesh models")
+    models = []
+    for spec in cfg.model.split(ENSEMBLE_SEPARATOR):
+        if spec.strip() in ("", "oracle"):
+            raise UserError(f"--model {cfg.model!r}: an ensemble lists trained mesh models (run directories "
+                            f"or pretrained:NAME), not {'the oracle' if spec.strip() else 'an empty name'}")
+        model, checkpoint = load_model(spec, device, cfg.model_args)
+        check_model_for_env(model, cfg.env, checkpoint)
+        if model.name != "mesh":
+            raise UserError(f"an ensemble's members are full-mesh models; {spec} is a {model.name} model")
+        models.append(model)
+    return models
+
+
 def env_options(cfg: PlanConfig, model) -> dict:
     """Options of the env the plan runs in: the pile's task; observation images for a pixel model."""
     options = {"task": cfg.task} if cfg.task else {}
-    if model is not None and model.name == "pixel":
+    if getattr(model, "name", None) == "pixel":  # None: the oracle; a list: an ensemble of mesh models
         options.update(observe_images=True, image_size=model.image_size)
     return options
 
 
 def make_predictor(cfg: PlanConfig, env, model, device: torch.device):
     pile, cloth = cfg.env == "pile", cfg.env == "cloth"
+    if isinstance(model, list):
+        return MeshEnsemblePredictor(model, env, device)
     if model is None:
         return PileOraclePredictor(env) if pile else ClothOraclePredictor(env) if cloth else OraclePredictor(env)
     if pile:

@@ -95,6 +95,11 @@ def test_gradient_planner_with_the_oracle_is_a_clear_error(tmp_path):
     (["plan", "push-box", "--model", "oracle", "--cost", "l1"], "--cost"),
     (["plan", "push-box", "--model", "oracle", "--success", "close"], "--success"),
     (["train", "pixel", "--data", "/nonexistent/data"], "no dataset"),
+    (["plan", "push-box", "--model", "pretrained:keypoint,pretrained:keypoint"], "cloth only"),
+    (["plan", "cloth", "--model", "pretrained:mesh,oracle"], "not the oracle"),
+    (["plan", "cloth", "--model", "pretrained:mesh,"], "not an empty name"),
+    (["plan", "cloth", "--model", "pretrained:mesh,pretrained:mesh-visible"], "full-mesh models"),
+    (["plan", "cloth", "--model", "pretrained:mesh,/nonexistent/run"], "/nonexistent/run"),
 ])
 def test_bad_input_gives_one_line_and_nonzero_exit(args, fragment, tmp_path, capsys):
     """In this process, for time: the tests below run the real entry point."""

@@ -9,7 +9,7 @@ import torch
 import sim_envs
 from mbrl.checkpoints import load_model
 from mbrl.cli import main
-from mbrl.cloth_mpc import MeshPredictor, VisiblePointsPredictor, pick_proposals
+from mbrl.cloth_mpc import MeshEnsemblePredictor, MeshPredictor, VisiblePointsPredictor, pick_proposals
 from mbrl.cloth_ranking import branch_ranking, pick_coverage
 from mbrl.perception import cloth_points
 
@@ -49,15 +49,17 @@ def test_oracle_smoothing_raises_the_coverage(tmp_path):
     assert row["picks"] <= 2 and row["ni"] > 0.2  # two planned picks smooth a crumpled start markedly
 
 
-@pytest.mark.parametrize("model, planner", [("mesh", "cem"), ("mesh", "mppi-gd"), ("mesh-visible", "cem")])
+@pytest.mark.parametrize("model, planner", [("mesh", "cem"), ("mesh", "mppi-gd"), ("mesh-visible", "cem"),
+                                           ("ensemble", "cem")])
 def test_learned_models_plan_with_video(cloth_runs, model, planner, tmp_path):
     _, runs = cloth_runs
     out = tmp_path / model
+    spec = f"{runs['mesh']},pretrained:mesh" if model == "ensemble" else str(runs[model])
     budget = ["--iterations", "2"] if planner == "cem" else []  # mppi-gd: its sampling stage, then Adam steps
-    assert main(["plan", "cloth", "--model", str(runs[model]), "--planner", planner, "--samples", "8", *budget,
+    assert main(["plan", "cloth", "--model", spec, "--planner", planner, "--samples", "8", *budget,
                  "--max-steps", "1", "--episodes", "1", "--seed", "3", "--out", str(out), "--video"]) == 0
     metrics = read_metrics(out)
-    assert metrics["episodes"][0]["picks"] == 1 and metrics["model"] == str(runs[model])
+    assert metrics["episodes"][0]["picks"] == 1 and metrics["model"] == spec
     assert (out / "episode_3.mp4").stat().st_size > 1000 and (out / "episode_3_cost.png").exists()
 
 
@@ -101,6 +103,24 @@ def test_the_mesh_cost_is_the_envs_own_coverage(cloth_runs):
         obs, _ = env.reset(seed=seed)
         vertices, true = torch.as_tensor(obs["vertices"])[None], env.coverage(obs["vertices"])
         assert float(-predictor.cost(vertices)) == pytest.approx(true, rel=1e-9)
+
+
+def test_an_ensemble_plans_through_its_members_mean_cost(cloth_runs):
+    _, runs = cloth_runs
+    env = sim_envs.make("cloth")
+    obs, _ = env.reset(seed=4)
+    models = [load_model(str(runs["mesh"]))[0], load_model("pretrained:mesh")[0]]
+    members = [MeshPredictor(model, env, torch.device("cpu")) for model in models]
+    ensemble = MeshEnsemblePredictor(models, env, torch.device("cpu"))
+    for predictor in (*members, ensemble):
+        predictor.observe(obs)
+    low, high = env.action_space.low, env.action_space.high
+    actions = pick_proposals(obs["vertices"], 16, 1, low, high, np.random.default_rng(0))
+    with torch.no_grad():
+        tiny, shipped = (member.plan_cost(actions) for member in members)
+        mean = ensemble.plan_cost(actions)
+    assert torch.allclose(mean, (tiny + shipped) / 2)
+    assert (tiny - shipped).abs().max() > 1e-3  # two different models: the mean is neither's cost
 
 
 def test_model_args_override_the_checkpoints_options_for_planning(cloth_runs):
