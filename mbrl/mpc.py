@@ -131,10 +131,10 @@ def load_ensemble(cfg: PlanConfig, device: torch.device) -> list:
     if cfg.cost:
         raise UserError("--cost chooses a pixel-space cost, for a pixel model; an ensemble is of mesh models")
     models = []
-    for spec in cfg.model.split(ENSEMBLE_SEPARATOR):
-        if spec.strip() in ("", "oracle"):
+    for spec in (part.strip() for part in cfg.model.split(ENSEMBLE_SEPARATOR)):
+        if spec in ("", "oracle"):
             raise UserError(f"--model {cfg.model!r}: an ensemble lists trained mesh models (run directories "
-                            f"or pretrained:NAME), not {'the oracle' if spec.strip() else 'an empty name'}")
+                            f"or pretrained:NAME), not {'the oracle' if spec else 'an empty name'}")
         model, checkpoint = load_model(spec, device, cfg.model_args)
         check_model_for_env(model, cfg.env, checkpoint)
         if model.name != "mesh":

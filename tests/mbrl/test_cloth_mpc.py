@@ -54,7 +54,7 @@ def test_oracle_smoothing_raises_the_coverage(tmp_path):
 def test_learned_models_plan_with_video(cloth_runs, model, planner, tmp_path):
     _, runs = cloth_runs
     out = tmp_path / model
-    spec = f"{runs['mesh']},pretrained:mesh" if model == "ensemble" else str(runs[model])
+    spec = f"{runs['mesh']}, pretrained:mesh" if model == "ensemble" else str(runs[model])  # spaces allowed
     budget = ["--iterations", "2"] if planner == "cem" else []  # mppi-gd: its sampling stage, then Adam steps
     assert main(["plan", "cloth", "--model", spec, "--planner", planner, "--samples", "8", *budget,
                  "--max-steps", "1", "--episodes", "1", "--seed", "3", "--out", str(out), "--video"]) == 0
