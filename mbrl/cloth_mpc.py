@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -258,24 +259,33 @@ def open_recording(cfg: PlanConfig, env) -> int:
     return first
 
 
-def run_cloth_plan(cfg: PlanConfig, env, predictor, planner, device: torch.device, first_recorded: int = 0) -> dict:
-    """Run ``cfg.episodes`` MPC episodes; with ``cfg.record`` (opened by :func:`open_recording`, whose
-    index is ``first_recorded``) each is also written to the recording. Returns metrics.json's dict."""
-    out = Path(cfg.out)
-    rows = []
-    bar = tqdm(range(cfg.episodes), desc=f"plan {cfg.model} {cfg.planner}", unit="ep", disable=not sys.stderr.isatty())
+def cloth_episodes(cfg: PlanConfig, env, predictor, planner, seeds: Iterable[int]) -> Iterator[tuple[dict, dict | None]]:
+    """Run the MPC episodes from ``seeds`` one after the other; yields each one's metrics row and, with
+    ``cfg.record``, its dataset arrays (else None)."""
     brancher = ClothOracle(env) if cfg.branches else None
     try:
-        for i in bar:
-            row, arrays = run_cloth_episode(cfg, env, predictor, planner, cfg.seed + i, out if cfg.video else None,
-                                            recorded=bool(cfg.record), brancher=brancher)
-            rows.append(row)
-            if arrays is not None:
-                write_episode(Path(cfg.record), first_recorded + i, arrays)
-            bar.set_postfix(ni=f"{statistics.median(r['ni'] for r in rows):.2f}")
+        for seed in seeds:
+            yield run_cloth_episode(cfg, env, predictor, planner, seed, Path(cfg.out) if cfg.video else None,
+                                    recorded=bool(cfg.record), brancher=brancher)
     finally:
         if brancher is not None:
             brancher.close()
+
+
+def run_cloth_plan(cfg: PlanConfig, episodes: Iterator[tuple[dict, dict | None]], device: torch.device,
+                   first_recorded: int = 0) -> dict:
+    """Collect ``cfg.episodes`` MPC episodes from ``episodes`` (the rows and arrays of seeds ``cfg.seed``,
+    ``cfg.seed + 1``, ... in order: :func:`cloth_episodes`, or worker processes); with ``cfg.record`` (opened
+    by :func:`open_recording`, whose index is ``first_recorded``) each is also written to the recording.
+    Returns metrics.json's dict."""
+    rows = []
+    bar = tqdm(episodes, total=cfg.episodes, desc=f"plan {cfg.model} {cfg.planner}", unit="ep",
+               disable=not sys.stderr.isatty())
+    for i, (row, arrays) in enumerate(bar):
+        rows.append(row)
+        if arrays is not None:
+            write_episode(Path(cfg.record), first_recorded + i, arrays)
+        bar.set_postfix(ni=f"{statistics.median(r['ni'] for r in rows):.2f}")
     return {
         "episodes": rows,
         "median_ni": statistics.median(r["ni"] for r in rows),

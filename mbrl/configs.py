@@ -54,6 +54,7 @@ class PlanConfig:
     episodes: int = 5  # MPC episodes, goals drawn from seed + i
     seed: int = 1000  # base seed of the episodes' initial states and goals
     out: str = "runs/plan"  # output directory: metrics.json, videos, plots
+    workers: int = 1  # cloth: processes planning episodes at once, each with its own model and 1/workers of the torch threads
     task: str = ""  # pile: gather | shape (default gather); cloth: smooth
     horizon: int = 0  # planning horizon in actions (0: the env's default: push-box 10 steps, pile 1 push, cloth 1 pick)
     samples: int = 0  # samples per planner iteration (0: the env's default: push-box 300, pile 100, cloth 64)

@@ -5,11 +5,13 @@ planner optimise U [N, H, du], execute the first action in MuJoCo, re-plan.
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 import statistics
 import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -20,7 +22,7 @@ import sim_envs
 from mbrl.checkpoints import check_model_for_env, load_model
 from mbrl.configs import PlanConfig
 from mbrl.cloth_mpc import (PICK_SAMPLING, ClothOraclePredictor, MeshEnsemblePredictor, MeshPredictor,
-                             VisiblePointsPredictor, open_recording, run_cloth_plan)
+                             VisiblePointsPredictor, cloth_episodes, open_recording, run_cloth_plan)
 from mbrl.costs import push_box_cost
 from mbrl.device import resolve_device
 from mbrl.errors import UserError, require_at_least, require_choice
@@ -89,6 +91,9 @@ def check_config(cfg: PlanConfig) -> PlanConfig:
         raise UserError(f"--task is for the pile and cloth environments; {cfg.env} has one task")
     if cfg.record and cfg.env != "cloth":
         raise UserError(f"--record writes cloth episodes; {cfg.env} datasets come from `mbrl collect`")
+    require_at_least("--workers", cfg.workers, 1)
+    if cfg.workers > 1 and cfg.env != "cloth":
+        raise UserError(f"--workers plans cloth episodes in parallel; {cfg.env} plans its episodes one at a time")
     require_at_least("--branches", cfg.branches, 0)
     if cfg.branches and not cfg.record:
         raise UserError("--branches adds pick-and-places to the episodes --record writes; give --record DIR")
@@ -248,6 +253,36 @@ def run_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video_dir: 
     return row
 
 
+_cloth_worker: dict = {}  # a --workers process's own cfg, env, predictor and planner, made by _cloth_worker_init
+
+
+def _cloth_worker_init(cfg: PlanConfig, threads: int) -> None:
+    torch.set_num_threads(threads)
+    device = resolve_device(cfg.device)
+    model = load_planning_model(cfg, device)
+    env = sim_envs.make(cfg.env, max_episode_steps=cfg.max_steps, **env_options(cfg, model))
+    _cloth_worker.update(cfg=cfg, env=env, predictor=make_predictor(cfg, env, model, device),
+                         planner=make_planner(cfg, env, device, cfg.seed))
+
+
+def _cloth_worker_episode(seed: int) -> tuple[dict, dict | None]:
+    w = _cloth_worker
+    return next(cloth_episodes(w["cfg"], w["env"], w["predictor"], w["planner"], [seed]))  # dropped, it closes its brancher
+
+
+def cloth_plan_episodes(cfg: PlanConfig, env, predictor, device: torch.device) -> Iterator[tuple[dict, dict | None]]:
+    """The cloth episodes of seeds ``cfg.seed``, ``cfg.seed + 1``, ... in order: planned here, or with
+    ``--workers`` W > 1 by W processes at once, each with its own env and model and 1/W of the torch threads
+    (an episode depends only on its seed, so the rows are those of a plan in one process at that thread count)."""
+    seeds = range(cfg.seed, cfg.seed + cfg.episodes)
+    if cfg.workers == 1:
+        yield from cloth_episodes(cfg, env, predictor, make_planner(cfg, env, device, cfg.seed), seeds)
+        return
+    threads = max(1, torch.get_num_threads() // cfg.workers)
+    with mp.get_context("spawn").Pool(cfg.workers, initializer=_cloth_worker_init, initargs=(cfg, threads)) as pool:
+        yield from pool.imap(_cloth_worker_episode, seeds)
+
+
 def run_plan(cfg: PlanConfig) -> dict:
     cfg = check_config(cfg)
     device = resolve_device(cfg.device)
@@ -261,8 +296,7 @@ def run_plan(cfg: PlanConfig) -> dict:
     write_json_atomic(out / "config.json", asdict(cfg))
     own_loops = {  # environments with an MPC loop of their own
         "pile": lambda: run_pile_plan(cfg, env, predictor, lambda: make_planner(cfg, env, device, cfg.seed), device),
-        "cloth": lambda: run_cloth_plan(cfg, env, predictor, make_planner(cfg, env, device, cfg.seed), device,
-                                        first_recorded),
+        "cloth": lambda: run_cloth_plan(cfg, cloth_plan_episodes(cfg, env, predictor, device), device, first_recorded),
     }
     if cfg.env in own_loops:
         try:

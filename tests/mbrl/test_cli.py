@@ -100,6 +100,8 @@ def test_gradient_planner_with_the_oracle_is_a_clear_error(tmp_path):
     (["plan", "cloth", "--model", "pretrained:mesh,"], "not an empty name"),
     (["plan", "cloth", "--model", "pretrained:mesh,pretrained:mesh-visible"], "full-mesh models"),
     (["plan", "cloth", "--model", "pretrained:mesh,/nonexistent/run"], "/nonexistent/run"),
+    (["plan", "pile", "--model", "oracle", "--workers", "2"], "--workers"),
+    (["plan", "cloth", "--model", "oracle", "--workers", "0"], "--workers"),
 ])
 def test_bad_input_gives_one_line_and_nonzero_exit(args, fragment, tmp_path, capsys):
     """In this process, for time: the tests below run the real entry point."""

@@ -63,6 +63,27 @@ def test_learned_models_plan_with_video(cloth_runs, model, planner, tmp_path):
     assert (out / "episode_3.mp4").stat().st_size > 1000 and (out / "episode_3_cost.png").exists()
 
 
+def test_workers_plan_and_record_the_episodes_one_process_would(cloth_runs, tmp_path):
+    _, runs = cloth_runs
+    args = ["plan", "cloth", "--model", str(runs["mesh"]), "--planner", "cem", "--samples", "8", "--iterations", "2",
+            "--max-steps", "2", "--episodes", "3", "--seed", "11"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # each of the 2 workers gets half of this process's threads, at least 1
+    try:
+        for name, workers in (("one", "1"), ("two", "2")):
+            assert main([*args, "--workers", workers, "--out", str(tmp_path / name),
+                         "--record", str(tmp_path / f"{name}-data")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = {name: read_metrics(tmp_path / name)["episodes"] for name in ("one", "two")}
+    for row in (*rows["one"], *rows["two"]):
+        row.pop("median_plan_ms")  # the only figure that is not a function of the seed
+    assert [row["seed"] for row in rows["two"]] == [11, 12, 13] and rows["two"] == rows["one"]
+    for index in range(3):
+        one, two = (np.load(tmp_path / f"{name}-data" / "episodes" / f"ep_{index:06d}.npz") for name in ("one", "two"))
+        assert set(one.files) == set(two.files) and all(np.array_equal(one[k], two[k]) for k in one.files)
+
+
 def test_learned_models_evaluate_within_and_across_picks(cloth_runs, tmp_path):
     data, runs = cloth_runs
     for model, run in runs.items():
