@@ -167,13 +167,15 @@ def branch_actions(result, points: np.ndarray, count: int, low: np.ndarray, high
     return torch.cat([others, pick_proposals(points, count - len(others), 1, low, high, rng)[:, 0]])
 
 
-def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int, video_dir: Path | None,
-                      recorded: bool = False, brancher: ClothOracle | None = None) -> tuple[dict, dict | None]:
+def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int,
+                      brancher: ClothOracle | None = None) -> tuple[dict, dict | None]:
     """One MPC episode from a crumpled start ``env.reset(seed=seed)``; returns its metrics row and,
-    when ``recorded``, the episode's dataset arrays (else None), with ``cfg.branches`` pick-and-places
-    simulated by ``brancher`` (an oracle over ``env``) beside each executed one."""
+    with ``cfg.record``, the episode's dataset arrays (else None), with ``cfg.branches`` pick-and-places
+    simulated by ``brancher`` (an oracle over ``env``) beside each executed one. With ``cfg.video`` its
+    video and cost plot go to ``cfg.out``."""
+    video_dir = Path(cfg.out) if cfg.video else None
     obs, info = env.reset(seed=seed)
-    record = ClothEpisodeRecorder(env, obs, info) if recorded else None
+    record = ClothEpisodeRecorder(env, obs, info) if cfg.record else None
     branch_rng = np.random.default_rng([seed, 1])  # its own stream: branches leave the episode as it was
     planner.reset(seed=seed)
     initial, flat = info["coverage"], info["max_coverage"]
@@ -265,8 +267,7 @@ def cloth_episodes(cfg: PlanConfig, env, predictor, planner, seeds: Iterable[int
     brancher = ClothOracle(env) if cfg.branches else None
     try:
         for seed in seeds:
-            yield run_cloth_episode(cfg, env, predictor, planner, seed, Path(cfg.out) if cfg.video else None,
-                                    recorded=bool(cfg.record), brancher=brancher)
+            yield run_cloth_episode(cfg, env, predictor, planner, seed, brancher)
     finally:
         if brancher is not None:
             brancher.close()

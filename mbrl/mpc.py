@@ -22,11 +22,12 @@ import sim_envs
 from mbrl.checkpoints import check_model_for_env, load_model
 from mbrl.configs import PlanConfig
 from mbrl.cloth_mpc import (PICK_SAMPLING, ClothOraclePredictor, MeshEnsemblePredictor, MeshPredictor,
-                             VisiblePointsPredictor, cloth_episodes, open_recording, run_cloth_plan)
+                             VisiblePointsPredictor, cloth_episodes, open_recording, run_cloth_episode,
+                             run_cloth_plan)
 from mbrl.costs import push_box_cost
 from mbrl.device import resolve_device
 from mbrl.errors import UserError, require_at_least, require_choice
-from mbrl.oracle import PushBoxOracle
+from mbrl.oracle import ClothOracle, PushBoxOracle
 from mbrl.pile_mpc import ParticlePredictor, PileOraclePredictor, parse_resolution, run_pile_plan
 from mbrl.pixel_mpc import PIXEL_COSTS, PixelPredictor
 from mbrl.store import write_json_atomic
@@ -171,6 +172,12 @@ def make_predictor(cfg: PlanConfig, env, model, device: torch.device):
     return LearnedPredictor(model, device)
 
 
+def make_env_and_predictor(cfg: PlanConfig, model, device: torch.device) -> tuple:
+    """The env a plan runs in (``cfg`` with its defaults filled) and the model (or oracle) seen from its loop."""
+    env = sim_envs.make(cfg.env, max_episode_steps=cfg.max_steps, **env_options(cfg, model))
+    return env, make_predictor(cfg, env, model, device)
+
+
 def keypoint_cost(env, device: torch.device):
     """The keypoint task cost of the env's current goal: (states [N, H, 12], U [N, H, 2]) -> [N]."""
     goal_kp = torch.as_tensor(keypoints_from_pose(env.goal[:2], np.asarray(env.goal[2])), dtype=torch.float32,
@@ -257,17 +264,17 @@ _cloth_worker: dict = {}  # a --workers process's own cfg, env, predictor and pl
 
 
 def _cloth_worker_init(cfg: PlanConfig, threads: int) -> None:
+    """Made once per process; the process's exit releases the env and the oracles' thread pools."""
     torch.set_num_threads(threads)
     device = resolve_device(cfg.device)
-    model = load_planning_model(cfg, device)
-    env = sim_envs.make(cfg.env, max_episode_steps=cfg.max_steps, **env_options(cfg, model))
-    _cloth_worker.update(cfg=cfg, env=env, predictor=make_predictor(cfg, env, model, device),
-                         planner=make_planner(cfg, env, device, cfg.seed))
+    env, predictor = make_env_and_predictor(cfg, load_planning_model(cfg, device), device)
+    _cloth_worker.update(cfg=cfg, env=env, predictor=predictor, planner=make_planner(cfg, env, device, cfg.seed),
+                         brancher=ClothOracle(env) if cfg.branches else None)
 
 
 def _cloth_worker_episode(seed: int) -> tuple[dict, dict | None]:
     w = _cloth_worker
-    return next(cloth_episodes(w["cfg"], w["env"], w["predictor"], w["planner"], [seed]))  # dropped, it closes its brancher
+    return run_cloth_episode(w["cfg"], w["env"], w["predictor"], w["planner"], seed, w["brancher"])
 
 
 def cloth_plan_episodes(cfg: PlanConfig, env, predictor, device: torch.device) -> Iterator[tuple[dict, dict | None]]:
@@ -288,8 +295,7 @@ def run_plan(cfg: PlanConfig) -> dict:
     device = resolve_device(cfg.device)
     model = load_planning_model(cfg, device)
     cfg = with_defaults(cfg, model)
-    env = sim_envs.make(cfg.env, max_episode_steps=cfg.max_steps, **env_options(cfg, model))
-    predictor = make_predictor(cfg, env, model, device)
+    env, predictor = make_env_and_predictor(cfg, model, device)
     first_recorded = open_recording(cfg, env) if cfg.record else 0  # checked before anything is written
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
