@@ -3,9 +3,12 @@
 Each MPC step: observe the cloth (the simulator's mesh, or with the
 ``mesh-visible`` model the voxel-downsampled visible point cloud), plan pick-and-places
 [N, H, 4] through the mesh model (or the MuJoCo oracle) to maximise the
-predicted covered area, run the first in MuJoCo, repeat. With ``--pick-sampling
-cloth`` (the default) the planner's first batch picks at random observed cloth
-points (:func:`pick_proposals`); later batches are the planner's own. With several models
+predicted covered area, run the first in MuJoCo, repeat. The planner's first
+batch of pick-and-places: with ``--pick-sampling cloth``, picks at random observed
+cloth points (:func:`pick_proposals`); with ``flow`` (the default with the full
+mesh), half of them, the other half moving top-layer vertices towards their place
+in the flat cloth (:func:`flow_proposals`); with ``uniform``, the planner's own,
+as are its later batches. With several models
 (``--model A,B,...``) a plan's cost is the mean of their costs (:class:`MeshEnsemblePredictor`). An episode stops
 after ``max_steps`` picks or once its normalised improvement reaches
 ``STOP_NI`` (VCD's rule). With ``--record DIR`` the executed episodes are also
@@ -47,7 +50,8 @@ from mbrl.video import overlay_cloth, plot_costs, write_video
 
 STOP_NI = 0.95  # an episode ends early once NI reaches this (as in VCD; a stop on a fixed fraction of the flat
 # area would cap the NI of well-spread starts: from 88% coverage, stopping at 95% ends at NI 0.58)
-PICK_SAMPLING = ("cloth", "uniform")  # --pick-sampling: the first batch's picks at cloth points, or uniform
+PICK_SAMPLING = ("flow", "cloth", "uniform")  # --pick-sampling, the first batch's picks: half at cloth points and
+# half moving top-layer vertices towards their place in the flat cloth; all at cloth points; the planner's own
 SOFT_SHARPNESS = 300.0  # 1/m, soft coverage for gradient planners: ~4 per 1.4 cm cell of the default 64-cell raster
 
 
@@ -153,6 +157,37 @@ def pick_proposals(points: np.ndarray, n: int, horizon: int, low: np.ndarray, hi
     return torch.as_tensor(np.concatenate([picks, moves], axis=-1), dtype=torch.float32)
 
 
+def flat_targets(vertices: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """vertices [V, 3], rest [V, 3] (the flat cloth) -> [V, 2] where each vertex lies in the flat cloth
+    placed over the crumpled one: the rest mesh rotated (2-D Kabsch, no reflection) and translated onto
+    the vertices' xy centroid."""
+    a, b = rest[:, :2] - rest[:, :2].mean(0), vertices[:, :2] - vertices[:, :2].mean(0)
+    u, _, vt = np.linalg.svd(a.T @ b)
+    flip = np.diag([1.0, np.sign(np.linalg.det(u @ vt))])
+    return a @ (u @ flip @ vt) + vertices[:, :2].mean(0)
+
+
+def flow_proposals(vertices: np.ndarray, rest: np.ndarray, n: int, horizon: int, low: np.ndarray,
+                   high: np.ndarray, rng: np.random.Generator, tolerance: float) -> torch.Tensor:
+    """[n, horizon, 4] pick-and-places whose first half (:func:`pick_proposals`) pick at random cloth
+    points and whose second half's first picks take a top-layer vertex (one the env's pick rule,
+    ``tolerance`` m, takes at its own xy), drawn in proportion to its distance from its place in the
+    flat cloth (:func:`flat_targets`), and move it that way, by 0.5-1.2 of the distance (clipped to the
+    bounds). vertices, rest [V, 3] (the full mesh: a vertex's place needs its identity)."""
+    out = pick_proposals(vertices, n, horizon, low, high, rng)
+    k = n - n // 2
+    flow = flat_targets(vertices, rest) - vertices[:, :2]  # [V, 2]
+    d = np.linalg.norm(vertices[:, None, :2] - vertices[None, :, :2], axis=-1)  # [V, V]
+    under = d <= tolerance  # the vertices the gripper's pick rule weighs at each vertex's xy (its own min d is 0)
+    top = ~(under & (vertices[None, :, 2] > vertices[:, None, 2])).any(1)  # no higher vertex under the gripper
+    weight = (np.linalg.norm(flow, axis=1) + 1e-9) * top  # a flat cloth: any top vertex
+    idx = rng.choice(len(vertices), size=k, p=weight / weight.sum())
+    moves = flow[idx] * rng.uniform(0.5, 1.2, size=(k, 1))
+    first = np.concatenate([vertices[idx, :2], np.clip(moves, low[2:], high[2:])], axis=1)
+    out[n // 2:, 0] = torch.as_tensor(first, dtype=torch.float32)
+    return out
+
+
 def branch_actions(result, points: np.ndarray, count: int, low: np.ndarray, high: np.ndarray,
                    rng: np.random.Generator) -> torch.Tensor:
     """[count, 4] pick-and-places to try beside a plan's first action: the first actions of its
@@ -190,6 +225,9 @@ def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int,
         proposals = None
         if cfg.pick_sampling == "cloth":
             proposals = pick_proposals(predictor.points, planner.num_samples, planner.horizon, low, high, rng)
+        elif cfg.pick_sampling == "flow":
+            proposals = flow_proposals(predictor.points, env.rest, planner.num_samples, planner.horizon, low, high,
+                                       rng, env.config.pick_tolerance)
         result = planner.plan(predictor.plan_cost, proposals=proposals)
         if result.actions.is_cuda:
             torch.cuda.synchronize()

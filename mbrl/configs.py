@@ -63,7 +63,7 @@ class PlanConfig:
     resolution: str = "auto"  # pile: particles per observation, or auto (the dynamic-resolution selector)
     resolutions: str = "25,50,100,200"  # pile: the selector's candidate particle counts
     plan_budget: float = 2.0  # pile: seconds the selector may spend planning one push
-    pick_sampling: str = "cloth"  # cloth: the first batch's picks: cloth (at observed cloth points, as VCD) | uniform
+    pick_sampling: str = ""  # cloth: the first batch's picks: flow (half at cloth points, half moving top-layer vertices towards their place in the flat cloth; the default with the full mesh) | cloth (at observed cloth points, as VCD; the default with visible points) | uniform
     record: str = ""  # cloth: also write the executed episodes as a new dataset DIR for `mbrl train` (DAgger data)
     branches: int = 0  # cloth, with --record: also simulate and record this many other pick-and-places from each state (half the planner's runners-up, half random picks on the cloth)
     cost: str = ""  # push-box with a pixel model: designated-pixel (default) | goal-image

@@ -63,14 +63,15 @@ ENSEMBLE_SEPARATOR = ","  # --model A,B,...: plan the cloth through the mean cos
 POSITION_SUCCESS = 0.03  # m: --success position ends an episode when the box centre is this close to the goal
 SUCCESS_RULES = ("full", "position")
 
-ENV_DEFAULTS = {  # horizon, samples, max_steps where the command line leaves 0
+ENV_DEFAULTS = {  # horizon, samples, max_steps (and the cloth's pick sampling) where the command line leaves 0 (or "")
     "push-box": {"horizon": 10, "samples": 300, "max_steps": 60},
     "pile": {"horizon": 1, "samples": 100, "max_steps": 10},
-    "cloth": {"horizon": 1, "samples": 64, "max_steps": 10},
+    "cloth": {"horizon": 1, "samples": 64, "max_steps": 10, "pick_sampling": "flow"},
 }
 # A model's own defaults come first: a frame of the pixel model costs ~1000x a keypoint step, so its
 # MPC plans fewer, shorter samples (a few seconds per step on 2 CPU cores).
-MODEL_DEFAULTS = {"pixel": {"horizon": 5, "samples": 64}}
+# The visible-points model's points have no place in the flat cloth, so its first batch picks at them.
+MODEL_DEFAULTS = {"pixel": {"horizon": 5, "samples": 64}, "mesh-visible": {"pick_sampling": "cloth"}}
 
 
 def check_config(cfg: PlanConfig) -> PlanConfig:
@@ -87,7 +88,8 @@ def check_config(cfg: PlanConfig) -> PlanConfig:
             raise UserError(f"--plan-budget must be a positive number of seconds, got {cfg.plan_budget}")
     elif cfg.env == "cloth":
         require_choice("cloth task", cfg.task or "smooth", CLOTH_TASKS)
-        require_choice("--pick-sampling", cfg.pick_sampling, PICK_SAMPLING)
+        if cfg.pick_sampling:
+            require_choice("--pick-sampling", cfg.pick_sampling, PICK_SAMPLING)
     elif cfg.task:
         raise UserError(f"--task is for the pile and cloth environments; {cfg.env} has one task")
     if cfg.record and cfg.env != "cloth":
@@ -125,6 +127,9 @@ def load_planning_model(cfg: PlanConfig, device: torch.device):
         return load_ensemble(cfg, device)
     model, checkpoint = load_model(cfg.model, device, cfg.model_args)
     check_model_for_env(model, cfg.env, checkpoint)
+    if cfg.pick_sampling == "flow" and model.name == "mesh-visible":
+        raise UserError("--pick-sampling flow moves mesh vertices towards their place in the flat cloth; "
+                        "the mesh-visible model's points have none (use cloth or uniform)")
     if cfg.cost and model.name != "pixel":
         raise UserError(f"--cost chooses a pixel-space cost, for a pixel model; {cfg.model} is a {model.name} model")
     return model
