@@ -167,20 +167,24 @@ def flat_targets(vertices: np.ndarray, rest: np.ndarray) -> np.ndarray:
     return a @ (u @ flip @ vt) + vertices[:, :2].mean(0)
 
 
+def top_layer(vertices: np.ndarray, tolerance: float) -> np.ndarray:
+    """vertices [V, 3] -> [V] bool: the vertices that the env's pick rule (:func:`sim_envs.cloth.pick_vertex`,
+    ``tolerance`` m) picks at their own xy, those with no higher vertex within ``tolerance`` in the table plane."""
+    d = np.linalg.norm(vertices[:, None, :2] - vertices[None, :, :2], axis=-1)  # [V, V]
+    return ~((d <= tolerance) & (vertices[None, :, 2] > vertices[:, None, 2])).any(1)
+
+
 def flow_proposals(vertices: np.ndarray, rest: np.ndarray, n: int, horizon: int, low: np.ndarray,
                    high: np.ndarray, rng: np.random.Generator, tolerance: float) -> torch.Tensor:
     """[n, horizon, 4] pick-and-places whose first half (:func:`pick_proposals`) pick at random cloth
     points and whose second half's first picks take a top-layer vertex (one the env's pick rule,
     ``tolerance`` m, takes at its own xy), drawn in proportion to its distance from its place in the
-    flat cloth (:func:`flat_targets`), and move it that way, by 0.5-1.2 of the distance (clipped to the
-    bounds). vertices, rest [V, 3] (the full mesh: a vertex's place needs its identity)."""
+    flat cloth (:func:`flat_targets`), and move it that way, by 0.5-1.2 of the distance (clipped per axis to
+    the bounds). vertices, rest [V, 3] (the full mesh: a vertex's place needs its identity); low, high [4]."""
     out = pick_proposals(vertices, n, horizon, low, high, rng)
     k = n - n // 2
     flow = flat_targets(vertices, rest) - vertices[:, :2]  # [V, 2]
-    d = np.linalg.norm(vertices[:, None, :2] - vertices[None, :, :2], axis=-1)  # [V, V]
-    under = d <= tolerance  # the vertices the gripper's pick rule weighs at each vertex's xy (its own min d is 0)
-    top = ~(under & (vertices[None, :, 2] > vertices[:, None, 2])).any(1)  # no higher vertex under the gripper
-    weight = (np.linalg.norm(flow, axis=1) + 1e-9) * top  # a flat cloth: any top vertex
+    weight = (np.linalg.norm(flow, axis=1) + 1e-9) * top_layer(vertices, tolerance)  # +1e-9: a cloth in place
     idx = rng.choice(len(vertices), size=k, p=weight / weight.sum())
     moves = flow[idx] * rng.uniform(0.5, 1.2, size=(k, 1))
     first = np.concatenate([vertices[idx, :2], np.clip(moves, low[2:], high[2:])], axis=1)
@@ -228,6 +232,8 @@ def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int,
         elif cfg.pick_sampling == "flow":
             proposals = flow_proposals(predictor.points, env.rest, planner.num_samples, planner.horizon, low, high,
                                        rng, env.config.pick_tolerance)
+        elif cfg.pick_sampling != "uniform":
+            raise ValueError(f"pick_sampling {cfg.pick_sampling!r}: fill the plan's defaults first (mpc.with_defaults)")
         result = planner.plan(predictor.plan_cost, proposals=proposals)
         if result.actions.is_cuda:
             torch.cuda.synchronize()

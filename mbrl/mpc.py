@@ -92,6 +92,8 @@ def check_config(cfg: PlanConfig) -> PlanConfig:
             require_choice("--pick-sampling", cfg.pick_sampling, PICK_SAMPLING)
     elif cfg.task:
         raise UserError(f"--task is for the pile and cloth environments; {cfg.env} has one task")
+    if cfg.pick_sampling and cfg.env != "cloth":
+        raise UserError(f"--pick-sampling chooses the cloth planner's first picks; {cfg.env} has none")
     if cfg.record and cfg.env != "cloth":
         raise UserError(f"--record writes cloth episodes; {cfg.env} datasets come from `mbrl collect`")
     require_at_least("--workers", cfg.workers, 1)
@@ -107,7 +109,7 @@ def check_config(cfg: PlanConfig) -> PlanConfig:
 
 
 def with_defaults(cfg: PlanConfig, model) -> PlanConfig:
-    """``cfg`` with the options left at 0 filled in: the model's defaults, then the env's."""
+    """``cfg`` with the options left at 0 (or "") filled in: the model's defaults, then the env's."""
     defaults = {**ENV_DEFAULTS[cfg.env], **MODEL_DEFAULTS.get(getattr(model, "name", None), {})}
     return replace(cfg, **{k: getattr(cfg, k) or v for k, v in defaults.items()})
 

@@ -10,7 +10,7 @@ import sim_envs
 from mbrl.checkpoints import load_model
 from mbrl.cli import main
 from mbrl.cloth_mpc import (MeshEnsemblePredictor, MeshPredictor, VisiblePointsPredictor, flat_targets, flow_proposals,
-                             pick_proposals)
+                             pick_proposals, top_layer)
 from mbrl.cloth_ranking import branch_ranking, pick_coverage
 from mbrl.perception import cloth_points
 from sim_envs.cloth import pick_vertex
@@ -49,6 +49,7 @@ def test_oracle_smoothing_raises_the_coverage(tmp_path):
                  "--iterations", "2", "--max-steps", "2", "--episodes", "1", "--seed", "7", "--out", str(out)]) == 0
     row = read_metrics(out)["episodes"][0]
     assert row["picks"] <= 2 and row["ni"] > 0.2  # two planned picks smooth a crumpled start markedly
+    assert json.loads((out / "config.json").read_text())["pick_sampling"] == "flow"  # the default with the full mesh
 
 
 @pytest.mark.parametrize("model, planner", [("mesh", "cem"), ("mesh", "mppi-gd"), ("mesh-visible", "cem"),
@@ -189,6 +190,20 @@ def test_flat_targets_of_a_rigidly_moved_flat_cloth_are_where_its_vertices_are()
     moved = env.rest.copy()
     moved[:, :2] = env.rest[:, :2] @ turn.T + [0.04, -0.07]
     assert np.abs(flat_targets(moved, env.rest) - moved[:, :2]).max() < 1e-9
+    mirrored = moved.copy()
+    mirrored[:, 0] *= -1  # a flipped-over cloth: no rotation lays the rest mesh onto it
+    centred = env.rest[:, :2] - env.rest[:, :2].mean(0)
+    fit = np.linalg.lstsq(centred, flat_targets(mirrored, env.rest) - mirrored[:, :2].mean(0), rcond=None)[0]
+    assert np.linalg.det(fit) == pytest.approx(1.0)  # still a rotation, not the reflection
+    assert np.abs(flat_targets(mirrored, env.rest) - mirrored[:, :2]).max() > 0.05
+
+
+def test_top_layer_vertices_are_those_the_env_picks_at_their_own_xy():
+    env = sim_envs.make("cloth")
+    obs, _ = env.reset(seed=4)
+    vertices, tolerance = obs["vertices"], env.config.pick_tolerance
+    picked_there = np.array([pick_vertex(vertices, v[:2], tolerance) == i for i, v in enumerate(vertices)])
+    assert np.array_equal(top_layer(vertices, tolerance), picked_there) and 0 < picked_there.mean() < 1
 
 
 def test_flow_proposals_move_top_layer_vertices_towards_their_place_in_the_flat_cloth():
@@ -200,11 +215,16 @@ def test_flow_proposals_move_top_layer_vertices_towards_their_place_in_the_flat_
     assert proposals.shape == (400, 2, 4)
     assert (proposals[..., 2:] >= low[2:]).all() and (proposals[..., 2:] <= high[2:]).all()
     flow = flat_targets(vertices, env.rest) - vertices[:, :2]
+    random = pick_proposals(vertices, 400, 2, low, high, np.random.default_rng(0)).numpy()
+    assert np.array_equal(proposals[:200], random[:200]) and np.array_equal(proposals[200:, 1], random[200:, 1])
     for pick in proposals[200:, 0]:
         vertex = pick_vertex(vertices, pick[:2], env.config.pick_tolerance)
         assert np.allclose(pick[:2], vertices[vertex, :2], atol=1e-6)  # the env picks the proposal's own vertex
+        if np.isclose(np.abs(pick[2:]), high[2:]).any():
+            continue  # clipped
         cosine = pick[2:] @ flow[vertex] / (np.linalg.norm(pick[2:]) * np.linalg.norm(flow[vertex]))
-        assert cosine > 0.999 or np.isclose(np.abs(pick[2:]), high[2:]).any()  # along its flow, unless clipped
+        share = np.linalg.norm(pick[2:]) / np.linalg.norm(flow[vertex])
+        assert cosine > 0.999 and 0.5 - 1e-4 < share < 1.2 + 1e-4  # along its flow, 0.5-1.2 of the way
     far = np.linalg.norm(flow, axis=1) > np.median(np.linalg.norm(flow, axis=1))
     picked = [pick_vertex(vertices, p[:2], env.config.pick_tolerance) for p in proposals[200:, 0]]
     assert far[picked].mean() > 0.6  # drawn in proportion to the distance: mostly the displaced half
@@ -239,6 +259,7 @@ def test_flow_proposals_truly_smooth_more_than_random_picks_on_the_cloth():
     (["plan", "cloth", "--task", "fold", "--model", "oracle"], "cloth task"),
     (["plan", "cloth", "--model", "oracle", "--pick-sampling", "corners"], "--pick-sampling"),
     (["plan", "cloth", "--model", "pretrained:mesh-visible", "--pick-sampling", "flow"], "points have none"),
+    (["plan", "pile", "--model", "oracle", "--pick-sampling", "flow"], "pile has none"),
     (["plan", "cloth", "--model", "oracle", "--planner", "gd"], "not differentiable"),
     (["plan", "cloth", "--model", "oracle", "--model-args", "inextensible_iterations=40"], "the oracle has none"),
     (["plan", "cloth", "--model", "pretrained:mesh", "--model-args", "nope=1"], "has no option 'nope'"),
