@@ -47,11 +47,10 @@ from mbrl.oracle import ClothOracle
 from mbrl.perception import CLOTH_VOXEL, cloth_points
 from mbrl.store import META_NAME, episode_path, finished_indices, read_meta, write_episode, write_json_atomic
 from mbrl.video import overlay_cloth, plot_costs, write_video
+from sim_envs.cloth import top_layer
 
 STOP_NI = 0.95  # an episode ends early once NI reaches this (as in VCD; a stop on a fixed fraction of the flat
 # area would cap the NI of well-spread starts: from 88% coverage, stopping at 95% ends at NI 0.58)
-PICK_SAMPLING = ("flow", "cloth", "uniform")  # --pick-sampling, the first batch's picks: half at cloth points and
-# half moving top-layer vertices towards their place in the flat cloth; all at cloth points; the planner's own
 SOFT_SHARPNESS = 300.0  # 1/m, soft coverage for gradient planners: ~4 per 1.4 cm cell of the default 64-cell raster
 
 
@@ -167,13 +166,6 @@ def flat_targets(vertices: np.ndarray, rest: np.ndarray) -> np.ndarray:
     return a @ (u @ flip @ vt) + vertices[:, :2].mean(0)
 
 
-def top_layer(vertices: np.ndarray, tolerance: float) -> np.ndarray:
-    """vertices [V, 3] -> [V] bool: the vertices that the env's pick rule (:func:`sim_envs.cloth.pick_vertex`,
-    ``tolerance`` m) picks at their own xy, those with no higher vertex within ``tolerance`` in the table plane."""
-    d = np.linalg.norm(vertices[:, None, :2] - vertices[None, :, :2], axis=-1)  # [V, V]
-    return ~((d <= tolerance) & (vertices[None, :, 2] > vertices[:, None, 2])).any(1)
-
-
 def flow_proposals(vertices: np.ndarray, rest: np.ndarray, n: int, horizon: int, low: np.ndarray,
                    high: np.ndarray, rng: np.random.Generator, tolerance: float) -> torch.Tensor:
     """[n, horizon, 4] pick-and-places whose first half (:func:`pick_proposals`) pick at random cloth
@@ -190,6 +182,17 @@ def flow_proposals(vertices: np.ndarray, rest: np.ndarray, n: int, horizon: int,
     first = np.concatenate([vertices[idx, :2], np.clip(moves, low[2:], high[2:])], axis=1)
     out[n // 2:, 0] = torch.as_tensor(first, dtype=torch.float32)
     return out
+
+
+FIRST_BATCH = {  # --pick-sampling -> (observed points [M, 3], env, n, horizon, rng) -> the planner's first batch
+    # [n, horizon, 4], or None: the planner's own (as are its later batches)
+    "flow": lambda points, env, n, horizon, rng: flow_proposals(points, env.rest, n, horizon, env.action_space.low,
+                                                               env.action_space.high, rng, env.config.pick_tolerance),
+    "cloth": lambda points, env, n, horizon, rng: pick_proposals(points, n, horizon, env.action_space.low,
+                                                                env.action_space.high, rng),
+    "uniform": lambda points, env, n, horizon, rng: None,
+}
+PICK_SAMPLING = tuple(FIRST_BATCH)
 
 
 def branch_actions(result, points: np.ndarray, count: int, low: np.ndarray, high: np.ndarray,
@@ -226,14 +229,7 @@ def run_cloth_episode(cfg: PlanConfig, env, predictor, planner, seed: int,
     for picks in range(1, cfg.max_steps + 1):
         predictor.observe(obs)
         t0 = time.perf_counter()
-        proposals = None
-        if cfg.pick_sampling == "cloth":
-            proposals = pick_proposals(predictor.points, planner.num_samples, planner.horizon, low, high, rng)
-        elif cfg.pick_sampling == "flow":
-            proposals = flow_proposals(predictor.points, env.rest, planner.num_samples, planner.horizon, low, high,
-                                       rng, env.config.pick_tolerance)
-        elif cfg.pick_sampling != "uniform":
-            raise ValueError(f"pick_sampling {cfg.pick_sampling!r}: fill the plan's defaults first (mpc.with_defaults)")
+        proposals = FIRST_BATCH[cfg.pick_sampling](predictor.points, env, planner.num_samples, planner.horizon, rng)
         result = planner.plan(predictor.plan_cost, proposals=proposals)
         if result.actions.is_cuda:
             torch.cuda.synchronize()

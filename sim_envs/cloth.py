@@ -88,6 +88,13 @@ def pick_vertex(vertices: np.ndarray, xy: np.ndarray, tolerance: float) -> int:
     return int(candidates[np.lexsort((d[candidates], -vertices[candidates, 2]))[0]])  # highest; ties: nearest
 
 
+def top_layer(vertices: np.ndarray, tolerance: float) -> np.ndarray:
+    """vertices [V, 3] -> [V] bool: the vertices :func:`pick_vertex` picks at their own xy, those with no
+    higher vertex within ``tolerance`` (m) in the table plane (the rule for all vertices at once)."""
+    d = np.linalg.norm(vertices[:, None, :2] - vertices[None, :, :2], axis=-1)  # [V, V]
+    return ~((d <= tolerance) & (vertices[None, :, 2] > vertices[:, None, 2])).any(1)
+
+
 class ClothEnv(FullPhysicsState, gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
     name = "cloth"

@@ -10,7 +10,7 @@ import sim_envs
 from mbrl.checkpoints import load_model
 from mbrl.cli import main
 from mbrl.cloth_mpc import (MeshEnsemblePredictor, MeshPredictor, VisiblePointsPredictor, flat_targets, flow_proposals,
-                             pick_proposals, top_layer)
+                             pick_proposals)
 from mbrl.cloth_ranking import branch_ranking, pick_coverage
 from mbrl.perception import cloth_points
 from sim_envs.cloth import pick_vertex
@@ -196,14 +196,6 @@ def test_flat_targets_of_a_rigidly_moved_flat_cloth_are_where_its_vertices_are()
     fit = np.linalg.lstsq(centred, flat_targets(mirrored, env.rest) - mirrored[:, :2].mean(0), rcond=None)[0]
     assert np.linalg.det(fit) == pytest.approx(1.0)  # still a rotation, not the reflection
     assert np.abs(flat_targets(mirrored, env.rest) - mirrored[:, :2]).max() > 0.05
-
-
-def test_top_layer_vertices_are_those_the_env_picks_at_their_own_xy():
-    env = sim_envs.make("cloth")
-    obs, _ = env.reset(seed=4)
-    vertices, tolerance = obs["vertices"], env.config.pick_tolerance
-    picked_there = np.array([pick_vertex(vertices, v[:2], tolerance) == i for i, v in enumerate(vertices)])
-    assert np.array_equal(top_layer(vertices, tolerance), picked_there) and 0 < picked_there.mean() < 1
 
 
 def test_flow_proposals_move_top_layer_vertices_towards_their_place_in_the_flat_cloth():

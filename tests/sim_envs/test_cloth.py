@@ -5,7 +5,7 @@ from gymnasium.utils.env_checker import check_env
 
 import sim_envs
 from cloth_starts import summarise_starts_in_parallel
-from sim_envs.cloth import pick_vertex
+from sim_envs.cloth import pick_vertex, top_layer
 
 STABLE_STARTS = 200  # crumpled starts checked for numerical blow-up
 
@@ -110,3 +110,11 @@ def test_observation_images_see_the_cloth(env):
     assert depth.shape == (128, 128) and rgb.shape == (128, 128, 3)
     cloth_pixels = depth < depth.max() - 0.002  # nearer than the table
     assert 0.05 < cloth_pixels.mean() < 0.5
+
+
+def test_top_layer_vertices_are_those_the_env_picks_at_their_own_xy():
+    env = sim_envs.make("cloth")
+    obs, _ = env.reset(seed=4)
+    vertices, tolerance = obs["vertices"], env.config.pick_tolerance
+    picked_there = np.array([pick_vertex(vertices, v[:2], tolerance) == i for i, v in enumerate(vertices)])
+    assert np.array_equal(top_layer(vertices, tolerance), picked_there) and 0 < picked_there.mean() < 1
